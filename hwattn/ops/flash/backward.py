@@ -1,0 +1,226 @@
+"""Backward kernels: recompute P from the saved LSE instead of storing it (FlashAttention-2).
+
+    delta = rowsum(dO * O)                  (preprocess, one pass)
+    dV = P^T dO,  dS = P * (dO V^T - delta),  dK = scale * dS^T Q    (parallel over key blocks)
+    dQ = scale * dS K                                               (parallel over query blocks)
+
+dQ gets its own pass instead of atomic adds: results are deterministic run to run, at the price of
+recomputing QK^T and dO V^T once more (7 block matmuls instead of 5).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ..._runtime import interpreting
+from .common import LOG2E, kv_block_bounds, q_block_bounds, visible
+from .configs import autotuned, configs, fixed_config
+from .forward import dot_precision, seq_bucket
+
+
+@triton.jit
+def _bwd_preprocess(O, DO, DELTA, stride_ob, stride_om, stride_oh, stride_dob, stride_dom, stride_doh,
+                    n_q, num_heads, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // num_heads
+    h = pid_bh % num_heads
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < n_q) & (offs_d[None, :] < HEAD_DIM)
+    rows64 = rows.to(tl.int64)
+    o = tl.load(O + b.to(tl.int64) * stride_ob + h * stride_oh + rows64[:, None] * stride_om + offs_d[None, :],
+                mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + b.to(tl.int64) * stride_dob + h * stride_doh + rows64[:, None] * stride_dom + offs_d[None, :],
+                 mask=mask, other=0.0).to(tl.float32)
+    tl.store(DELTA + pid_bh.to(tl.int64) * n_q + rows, tl.sum(o * do, 1), mask=rows < n_q)
+
+
+@triton.jit
+def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom, cols, lo, hi,
+                n_q, n_k, qk_scale, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+                MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Accumulate one query head's contribution to dK, dV of a key block, over query blocks [lo, hi).
+    Tiles are transposed (keys x queries) so dV = P^T dO and dK = dS^T Q need no transposes."""
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    qt_tile = offs_m[None, :] * stride_qm + offs_d[:, None]
+    do_tile = offs_m[:, None] * stride_dom + offs_d[None, :]
+    d_ok = offs_d < HEAD_DIM
+    for start_m in range(lo, hi, BLOCK_M):
+        start_m = tl.multiple_of(start_m, BLOCK_M)
+        rows = start_m + offs_m
+        row_ok = rows < n_q
+        # rows past n_q load q = dO = 0 and lse = +inf, so their P and dS are exactly 0
+        qt = tl.load(q_base + start_m.to(tl.int64) * stride_qm + qt_tile, mask=row_ok[None, :] & d_ok[:, None],
+                     other=0.0)
+        lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
+        pt = tl.math.exp2(tl.dot(k, qt, input_precision=DOT_PRECISION) * qk_scale - lse[None, :])
+        if MASKED:
+            pt = tl.where(visible(rows[None, :], cols[:, None], n_q, n_k, CAUSAL), pt, 0.0)
+        do = tl.load(do_base + start_m.to(tl.int64) * stride_dom + do_tile, mask=row_ok[:, None] & d_ok[None, :],
+                     other=0.0)
+        dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+        delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
+        dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        dst = pt * (dpt - delta[None, :])
+        dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
+                     stride_qb, stride_qm, stride_qh, stride_kb, stride_kn, stride_kh,
+                     stride_vb, stride_vn, stride_vh, stride_dob, stride_dom, stride_doh,
+                     stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
+                     n_q, n_k, num_heads, num_kv_heads, group_size, qk_scale, softmax_scale, seq_bucket,
+                     CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // num_kv_heads
+    h_kv = pid_bh % num_kv_heads
+    start_n = pid_n * BLOCK_N
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    cols = start_n + offs_n
+    kv_mask = (cols[:, None] < n_k) & (offs_d[None, :] < HEAD_DIM)
+    k_base = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh + start_n.to(tl.int64) * stride_kn
+    v_base = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh + start_n.to(tl.int64) * stride_vn
+    k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+    lo, full_lo = q_block_bounds(start_n, n_q, n_k, CAUSAL, BLOCK_M, BLOCK_N)
+    # GQA: the whole query group of this K/V head accumulates here, so dK/dV need no atomics or reduction
+    for g in range(0, group_size):
+        h = h_kv * group_size + g
+        q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+        do_base = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+        row_base = (b * num_heads + h).to(tl.int64) * n_q
+        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qm,
+                             stride_dom, cols, lo, full_lo, n_q, n_k, qk_scale,
+                             BLOCK_M, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION)
+        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qm,
+                             stride_dom, cols, full_lo, n_q, n_q, n_k, qk_scale,
+                             BLOCK_M, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION)
+
+    dk = dk * softmax_scale
+    dk_base = DK + b.to(tl.int64) * stride_dkb + h_kv.to(tl.int64) * stride_dkh + start_n.to(tl.int64) * stride_dkn
+    dv_base = DV + b.to(tl.int64) * stride_dvb + h_kv.to(tl.int64) * stride_dvh + start_n.to(tl.int64) * stride_dvn
+    tl.store(dk_base + offs_n[:, None] * stride_dkn + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(dv_base + offs_n[:, None] * stride_dvn + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, lo, hi, n_q, n_k, qk_scale,
+              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+              MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kt_tile = offs_n[None, :] * stride_kn + offs_d[:, None]
+    vt_tile = offs_n[None, :] * stride_vn + offs_d[:, None]
+    d_ok = offs_d < HEAD_DIM
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n
+        kt = tl.load(k_base + start_n.to(tl.int64) * stride_kn + kt_tile, mask=(cols[None, :] < n_k) & d_ok[:, None],
+                     other=0.0)
+        vt = tl.load(v_base + start_n.to(tl.int64) * stride_vn + vt_tile, mask=(cols[None, :] < n_k) & d_ok[:, None],
+                     other=0.0)
+        p = tl.math.exp2(tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale - lse[:, None])
+        if MASKED:
+            p = tl.where(visible(rows[:, None], cols[None, :], n_q, n_k, CAUSAL), p, 0.0)
+        dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=DOT_PRECISION)
+    return dq
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
+                   stride_qb, stride_qm, stride_qh, stride_kb, stride_kn, stride_kh,
+                   stride_vb, stride_vn, stride_vh, stride_dob, stride_dom, stride_doh,
+                   stride_dqb, stride_dqm, stride_dqh,
+                   n_q, n_k, num_heads, group_size, qk_scale, softmax_scale, seq_bucket,
+                   CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    num_m_blocks = tl.cdiv(n_q, BLOCK_M)
+    if CAUSAL:
+        pid_m = num_m_blocks - 1 - tl.program_id(0)
+    else:
+        pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // num_heads
+    h = pid_bh % num_heads
+    h_kv = h // group_size
+    start_m = pid_m * BLOCK_M
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    rows = start_m + offs_m
+    row_ok = rows < n_q
+    mask = row_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
+    q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + start_m.to(tl.int64) * stride_qm
+                + offs_m[:, None] * stride_qm + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh + start_m.to(tl.int64) * stride_dom
+                 + offs_m[:, None] * stride_dom + offs_d[None, :], mask=mask, other=0.0)
+    row_base = pid_bh.to(tl.int64) * n_q
+    lse = tl.load(LSE + row_base + rows, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
+    k_base = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    full_hi, hi = kv_block_bounds(start_m, n_q, n_k, CAUSAL, BLOCK_M, BLOCK_N)
+    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, 0, full_hi, n_q, n_k,
+                   qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION)
+    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, full_hi, hi, n_q, n_k,
+                   qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION)
+    dq = dq * softmax_scale
+    tl.store(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh + start_m.to(tl.int64) * stride_dqm
+             + offs_m[:, None] * stride_dqm + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=mask)
+
+
+_dkdv_autotuned = None if interpreting() else autotuned(_bwd_dkdv_kernel, lambda: configs("dkdv"))
+_dq_autotuned = None if interpreting() else autotuned(_bwd_dq_kernel, lambda: configs("dq"))
+
+
+def _launch(kernel, tuned, kind, grid_of, args, meta, head_dim, dtype):
+    if tuned is None:
+        cfg = fixed_config(kind, head_dim, dtype)
+        kernel[grid_of(cfg)](*args, **meta, **cfg)
+    else:
+        tuned[grid_of](*args, **meta)
+
+
+def flash_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float):
+    """Gradients of flash_fwd. lse is flash_fwd's log2-domain LSE. Returns dq, dk, dv (contiguous)."""
+    B, n_q, n_heads, head_dim = q.shape
+    n_k, n_kv_heads = k.shape[1], k.shape[2]
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    delta = torch.empty_like(lse)
+    pre_block = 64
+    _bwd_preprocess[(triton.cdiv(n_q, pre_block), B * n_heads)](
+        o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2),
+        n_q, n_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block)
+
+    dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    dk = torch.empty(k.shape, device=k.device, dtype=k.dtype)
+    dv = torch.empty(v.shape, device=v.device, dtype=v.dtype)
+    qk_scale = softmax_scale * LOG2E
+    bucket = seq_bucket(max(n_q, n_k))
+    meta = dict(CAUSAL=causal, HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype))
+    common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+              v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
+
+    dkdv_args = (q, k, v, do, lse, delta, dk, dv, *common,
+                 dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
+                 n_q, n_k, n_heads, n_kv_heads, n_heads // n_kv_heads, qk_scale, softmax_scale, bucket)
+    _launch(_bwd_dkdv_kernel, _dkdv_autotuned, "dkdv",
+            lambda cfg: (triton.cdiv(n_k, cfg["BLOCK_N"]), B * n_kv_heads), dkdv_args, meta, head_dim, q.dtype)
+
+    dq_args = (q, k, v, do, lse, delta, dq, *common, dq.stride(0), dq.stride(1), dq.stride(2),
+               n_q, n_k, n_heads, n_heads // n_kv_heads, qk_scale, softmax_scale, bucket)
+    _launch(_bwd_dq_kernel, _dq_autotuned, "dq",
+            lambda cfg: (triton.cdiv(n_q, cfg["BLOCK_M"]), B * n_heads), dq_args, meta, head_dim, q.dtype)
+    return dq, dk, dv

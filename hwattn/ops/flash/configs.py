@@ -1,0 +1,59 @@
+"""Block sizes, warps and pipeline depth: autotuned on the GPU per (head_dim, causal, dtype, seqlen
+bucket), fixed under the interpreter (where timing means nothing and every config costs minutes)."""
+import inspect
+
+import triton
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages). Short lists on purpose: each entry is one more compile per
+# (head_dim, causal, dtype) and one more timing per shape bucket.
+_FWD = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2),
+        (64, 64, 4, 3), (64, 128, 4, 3), (64, 32, 4, 2)]
+# dK/dV: a program owns BLOCK_N keys and streams BLOCK_M-row query blocks; dQ: the transpose.
+_BWD_DKDV = [(32, 128, 4, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3), (16, 128, 4, 3), (32, 128, 8, 2),
+             (16, 64, 4, 2)]
+_BWD_DQ = [(128, 32, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 3), (128, 16, 4, 3), (128, 32, 8, 2),
+           (64, 16, 4, 2)]
+
+_TABLES = {"fwd": _FWD, "dkdv": _BWD_DKDV, "dq": _BWD_DQ}
+
+# Interpreter: unequal block sizes so the CPU tests exercise the diagonal/edge bookkeeping.
+_INTERPRETER = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16)}
+
+
+def _fits(block_m, block_n, num_stages, head_dim) -> bool:
+    """Keep configs whose tiles fit Hopper/Ampere shared memory and registers."""
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    if block_d >= 256:
+        return block_m * block_n <= 64 * 64 and num_stages <= 2
+    if block_d >= 128:
+        return block_m * block_n <= 128 * 128 and num_stages <= 4
+    return True
+
+
+def configs(kind: str):
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+            for bm, bn, w, s in _TABLES[kind]]
+
+
+def fwd_configs():
+    return configs("fwd")
+
+
+def _prune(configs_list, named_args, **kwargs):
+    head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
+    kept = [c for c in configs_list if _fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, head_dim)]
+    return kept or configs_list[-1:]
+
+
+def autotuned(kernel, make_configs):
+    """Wrap `kernel` in triton.autotune, caching the chosen configs on disk where this Triton can."""
+    extra = {}
+    if "cache_results" in inspect.signature(triton.autotune).parameters:
+        extra["cache_results"] = True
+    return triton.autotune(configs=make_configs(), key=["seq_bucket", "HEAD_DIM", "CAUSAL", "DOT_PRECISION"],
+                           prune_configs_by={"early_config_prune": _prune}, **extra)(kernel)
+
+
+def fixed_config(kind: str, head_dim: int, dtype) -> dict:
+    block_m, block_n = _INTERPRETER[kind]
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n}

@@ -1,0 +1,156 @@
+"""Forward kernel: FlashAttention-2 tiling with an online softmax.
+
+One program owns a block of BLOCK_M query rows of one head; Q stays in registers while K/V blocks
+stream through, so HBM sees Q, K, V once per query block and O once: O(N) memory, no N x N scores.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ..._runtime import interpreting
+from .common import LOG2E, kv_block_bounds, visible
+from .configs import autotuned, fwd_configs, fixed_config
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, lo, hi, n_q, n_k, qk_scale,
+               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+               MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Stream key blocks [lo, hi) through the online softmax. MASKED blocks (causal diagonal, sequence
+    edge) pay for the element mask and bounds checks; the bulk of blocks does not."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kt_tile = offs_n[None, :] * stride_kn + offs_d[:, None]  # K^T tile: int32, small
+    v_tile = offs_n[:, None] * stride_vn + offs_d[None, :]
+    d_ok = offs_d < HEAD_DIM
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n
+        # scalar int64 offsets: at N ~ 1M rows * stride overflows int32
+        k_ptrs = k_base + start_n.to(tl.int64) * stride_kn + kt_tile
+        v_ptrs = v_base + start_n.to(tl.int64) * stride_vn + v_tile
+        if MASKED:
+            kt = tl.load(k_ptrs, mask=(cols[None, :] < n_k) & d_ok[:, None], other=0.0)
+        elif HEAD_DIM != BLOCK_D:
+            kt = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
+        else:
+            kt = tl.load(k_ptrs)
+        qk = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
+        if MASKED:
+            qk = tl.where(visible(rows[:, None], cols[None, :], n_q, n_k, CAUSAL), qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            # a row with nothing visible yet keeps m = -inf; subtract 0 instead to avoid inf - inf
+            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_sub = m_new
+        p = tl.math.exp2(qk - m_sub[:, None])
+        alpha = tl.math.exp2(m_i - m_sub)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if MASKED:
+            v = tl.load(v_ptrs, mask=(cols[:, None] < n_k) & d_ok[None, :], other=0.0)
+        elif HEAD_DIM != BLOCK_D:
+            v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+        else:
+            v = tl.load(v_ptrs)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, O, LSE,
+                stride_qb, stride_qm, stride_qh,
+                stride_kb, stride_kn, stride_kh,
+                stride_vb, stride_vn, stride_vh,
+                stride_ob, stride_om, stride_oh,
+                n_q, n_k, num_heads, group_size, qk_scale, seq_bucket,
+                CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    tl.static_assert(BLOCK_D >= HEAD_DIM)
+    num_m_blocks = tl.cdiv(n_q, BLOCK_M)
+    if CAUSAL:
+        # the last query blocks see the most keys: launch them first so the tail of the grid is short
+        pid_m = num_m_blocks - 1 - tl.program_id(0)
+    else:
+        pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // num_heads
+    h = pid_bh % num_heads
+    h_kv = h // group_size  # GQA: the group's queries read the same K/V head, never repeated in memory
+    start_m = pid_m * BLOCK_M
+
+    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + start_m.to(tl.int64) * stride_qm
+    k_base = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
+    o_base = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + start_m.to(tl.int64) * stride_om
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    rows = start_m + offs_m
+    row_ok = rows < n_q
+    d_ok = offs_d < HEAD_DIM
+    # Q stays in registers for the whole key loop
+    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :],
+                other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    full_hi, hi = kv_block_bounds(start_m, n_q, n_k, CAUSAL, BLOCK_M, BLOCK_N)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, 0, full_hi,
+                               n_q, n_k, qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, full_hi, hi,
+                               n_q, n_k, qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION)
+
+    # deferred normalisation: divide once at the end; a row that saw no key gives 0, not 0/0
+    has_keys = l_i > 0.0
+    l_safe = tl.where(has_keys, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    # log2-domain LSE for the backward; +inf for empty rows makes their recomputed P exactly 0
+    lse = tl.where(has_keys, m_i + tl.math.log2(l_safe), float("inf"))
+    tl.store(LSE + pid_bh.to(tl.int64) * n_q + rows, lse, mask=row_ok)
+    tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :], out.to(O.dtype.element_ty),
+             mask=row_ok[:, None] & d_ok[None, :])
+
+
+_fwd_autotuned = None if interpreting() else autotuned(_fwd_kernel, fwd_configs)
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs get true fp32 products: tf32 would miss the 1e-5 bound
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def seq_bucket(n: int) -> int:
+    """Autotune key: configs are chosen per power-of-two sequence length, not per exact length."""
+    return 1 << max(n - 1, 1).bit_length()
+
+
+def flash_fwd(q, k, v, causal: bool, softmax_scale: float):
+    """q (B, Nq, Hq, D), k/v (B, Nk, Hkv, D), last dim contiguous. Returns O like q and the log2-domain
+    LSE (B, Hq, Nq) float32 (+inf for rows that see no key)."""
+    B, n_q, n_heads, head_dim = q.shape
+    n_k, n_kv_heads = k.shape[1], k.shape[2]
+    o = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    lse = torch.empty((B, n_heads, n_q), device=q.device, dtype=torch.float32)
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    args = (q, k, v, o, lse,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            o.stride(0), o.stride(1), o.stride(2),
+            n_q, n_k, n_heads, n_heads // n_kv_heads, softmax_scale * LOG2E, seq_bucket(max(n_q, n_k)))
+    meta = dict(CAUSAL=causal, HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype))
+
+    def grid(cfg):
+        return (triton.cdiv(n_q, cfg["BLOCK_M"]), B * n_heads)
+
+    if _fwd_autotuned is None:
+        cfg = fixed_config("fwd", head_dim, q.dtype)
+        _fwd_kernel[grid(cfg)](*args, **meta, **cfg)
+    else:
+        _fwd_autotuned[grid](*args, **meta)
+    return o, lse

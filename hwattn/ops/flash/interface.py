@@ -1,0 +1,177 @@
+"""Public entry points of the exact kernel and the autograd wiring."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..._checks import check_bool, check_same, check_scale, check_tensor
+from ..._runtime import check_kernel_device
+from .backward import flash_bwd
+from .common import LN2
+from .forward import flash_fwd
+
+__all__ = ["flash_attention", "sdpa"]
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+
+
+# The kernels are registered as custom ops so torch.compile treats them as opaque calls (no graph breaks,
+# no tracing into Triton launches); the autograd.Function below wires them together.
+@torch.library.custom_op("hwattn::flash_fwd", mutates_args=())
+def _flash_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                  softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return flash_fwd(q, k, v, causal, softmax_scale)
+
+
+@_flash_fwd_op.register_fake
+def _(q, k, v, causal, softmax_scale):
+    B, n_q, n_heads, _ = q.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((B, n_heads, n_q), dtype=torch.float32)
+
+
+@torch.library.custom_op("hwattn::flash_bwd", mutates_args=())
+def _flash_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+                  lse: torch.Tensor, causal: bool, softmax_scale: float
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return flash_bwd(do, q, k, v, o, lse, causal, softmax_scale)
+
+
+@_flash_bwd_op.register_fake
+def _(do, q, k, v, o, lse, causal, softmax_scale):
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            torch.empty_like(k, memory_format=torch.contiguous_format),
+            torch.empty_like(v, memory_format=torch.contiguous_format))
+
+
+class FlashAttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, causal, softmax_scale):
+        o, lse = _flash_fwd_op(q, k, v, causal, softmax_scale)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.causal = causal
+        ctx.softmax_scale = softmax_scale
+        ctx.mark_non_differentiable(lse)
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, do, _dlse):
+        q, k, v, o, lse = ctx.saved_tensors
+        if do.stride(-1) != 1:
+            do = do.contiguous()
+        dq, dk, dv = _flash_bwd_op(do, q, k, v, o, lse, ctx.causal, ctx.softmax_scale)
+        return dq, dk, dv, None, None
+
+
+def _validate(fn: str, q, k, v, layout: str):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, x, 4, SUPPORTED_DTYPES, layout)
+    check_same(("q", "k", "v"), (q, k, v), "dtype")
+    check_same(("q", "k", "v"), (q, k, v), "device")
+
+
+def _check_shapes(q, k, v, names=("batch", "seqlen", "heads", "head_dim")):
+    """Shapes in the (B, N, H, D) layout."""
+    B, n_q, n_heads, head_dim = q.shape
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got k {tuple(k.shape)} and v {tuple(v.shape)}")
+    if k.shape[0] != B:
+        raise ValueError(f"k/v batch ({k.shape[0]}) must equal q's ({B})")
+    if k.shape[3] != head_dim:
+        raise ValueError(f"k/v head_dim ({k.shape[3]}) must equal q's ({head_dim})")
+    if n_q < 1 or k.shape[1] < 1:
+        raise ValueError(f"sequence lengths must be >= 1, got q {n_q} and k/v {k.shape[1]}")
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"head_dim must be in [1, {MAX_HEAD_DIM}], got {head_dim}")
+    n_kv = k.shape[2]
+    if n_kv < 1 or n_heads % n_kv != 0:
+        raise ValueError(f"q heads ({n_heads}) must be a multiple of k/v heads ({n_kv}) (GQA/MQA)")
+    if B < 1 or n_heads < 1:
+        raise ValueError(f"batch and heads must be >= 1, got batch {B}, heads {n_heads}")
+
+
+def _last_dim_contiguous(x):
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+                    softmax_scale: float | None = None, return_lse: bool = False):
+    """Exact attention, IO-aware (FlashAttention-2 algorithm), forward and backward in Triton.
+
+    Args:
+        q: (B, Nq, Hq, D) queries; fp16, bf16 or fp32 (fp32 computes with true fp32 products, slower).
+        k: (B, Nk, Hkv, D) keys. Hq must be a multiple of Hkv (GQA; Hkv = 1 is MQA); K/V are never
+            repeated in memory and dK/dV are summed over each query group.
+        v: (B, Nk, Hkv, D) values.
+        causal: mask the future, aligned bottom-right when Nq != Nk (as flash_attn >= 2.1): query i sees
+            key j iff j <= i + Nk - Nq. Query rows that see no key (Nq > Nk) output zeros, with zero grads.
+        softmax_scale: scale of QK^T before the softmax; default 1/sqrt(D).
+        return_lse: also return the log-sum-exp of the scaled scores, natural log, (B, Hq, Nq) float32
+            (-inf for rows that see no key). Not differentiable.
+
+    Any Nq, Nk >= 1 and head_dim 1..256 (non-powers of two are padded inside the kernel); any strides
+    (a tensor whose last dim is not contiguous is copied once). q, k, v must share dtype and device.
+    On CPU tensors the same Triton kernels run in the interpreter when TRITON_INTERPRET=1 (slow; for
+    testing), otherwise a RuntimeError says so. No silent fallback.
+
+    Returns:
+        out (B, Nq, Hq, D) in q's dtype, and lse when return_lse=True.
+    """
+    _validate("flash_attention", q, k, v, "(batch, seqlen, heads, head_dim)")
+    check_bool("causal", causal)
+    check_bool("return_lse", return_lse)
+    softmax_scale = check_scale("softmax_scale", softmax_scale)
+    _check_shapes(q, k, v)
+    check_kernel_device("flash_attention", q, k, v)
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(q.shape[-1])
+    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    out, lse2 = FlashAttentionFunction.apply(q, k, v, causal, softmax_scale)
+    if not return_lse:
+        return out
+    # the kernels keep LSE in the log2 domain with +inf for empty rows (so recomputed P is 0); users get ln
+    lse = torch.where(torch.isinf(lse2), torch.full_like(lse2, float("-inf")), lse2 * LN2)
+    return out, lse
+
+
+def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask=None, dropout_p: float = 0.0,
+         is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False) -> torch.Tensor:
+    """Drop-in for torch.nn.functional.scaled_dot_product_attention, running hwattn's kernel.
+
+    Args:
+        query: (B, Hq, Nq, D); key/value: (B, Hkv, Nk, D) (torch SDPA's layout). fp16/bf16/fp32.
+        attn_mask: must be None (arbitrary masks: see hwattn's block masks); anything else raises.
+        dropout_p: must be 0.0 (dropout is not supported); anything else raises.
+        is_causal: SDPA semantics: the mask is aligned top-left, query i sees key j iff j <= i, also when
+            Nq != Nk. Rows that see no key give zeros (SDPA's math backend gives NaN there).
+        scale: default 1/sqrt(D).
+        enable_gqa: as in SDPA: Hq != Hkv is only accepted when True.
+
+    Returns (B, Hq, Nq, D). Differentiable.
+    """
+    _validate("sdpa", query, key, value, "(batch, heads, seqlen, head_dim)")
+    if attn_mask is not None:
+        raise ValueError("attn_mask: hwattn.sdpa supports only attn_mask=None; for masks use hwattn's block masks")
+    if not isinstance(dropout_p, (int, float)) or dropout_p != 0.0:
+        raise ValueError(f"dropout_p: hwattn.sdpa supports only 0.0, got {dropout_p!r}")
+    check_bool("is_causal", is_causal)
+    check_bool("enable_gqa", enable_gqa)
+    if query.shape[1] != key.shape[1] and not enable_gqa:
+        raise ValueError(f"query has {query.shape[1]} heads but key/value {key.shape[1]}: pass enable_gqa=True "
+                         "(as torch SDPA requires)")
+    q, k, v = (x.transpose(1, 2) for x in (query, key, value))
+    n_q, n_k = q.shape[1], k.shape[1]
+    if is_causal and n_q > n_k:
+        # Top-left alignment: rows i >= Nk see all keys, i.e. the causal mask is j <= i. Bottom-right
+        # causal on the same inputs would shift it; pad nothing, instead split: rows [0, Nk) are exact
+        # bottom-right causal on a square problem, rows [Nk, Nq) attend to everything.
+        head = flash_attention(q[:, :n_k], k, v, causal=True, softmax_scale=scale)
+        tail = flash_attention(q[:, n_k:], k, v, causal=False, softmax_scale=scale)
+        out = torch.cat([head, tail], dim=1)
+    elif is_causal and n_q < n_k:
+        # Top-left: query i sees keys [0, i]; keys >= Nq are never visible, so drop them and run square causal.
+        out = flash_attention(q, k[:, :n_q], v[:, :n_q], causal=True, softmax_scale=scale)
+    else:
+        out = flash_attention(q, k, v, causal=is_causal, softmax_scale=scale)
+    return out.transpose(1, 2)
