@@ -1,0 +1,277 @@
+"""hwattn.flash_attention / hwattn.sdpa against the float64 reference (and torch SDPA itself)."""
+import itertools
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st, HealthCheck
+
+import hwattn
+from hwattn.reference import attention as reference
+from hwattn.testing import TOLERANCE, assert_rel_close, rel_err
+
+# (n_q, n_k): equal lengths over {1, 17, 64, 100, 257}, and unequal ones both ways
+LENGTHS = [(1, 1), (17, 17), (64, 64), (100, 100), (257, 257), (17, 64), (100, 37), (1, 100), (257, 100), (64, 257)]
+HEAD_DIMS = [16, 64, 80, 128]
+GROUPS = [1, 2, 4]
+DTYPES = [torch.float16, torch.float32]
+
+
+def _cases():
+    # every length pair x causal x dtype; head_dim and GQA ratio rotate so each value meets every length
+    for i, ((n_q, n_k), causal, dtype) in enumerate(itertools.product(LENGTHS, [False, True], DTYPES)):
+        yield pytest.param(n_q, n_k, HEAD_DIMS[i % 4], GROUPS[(i // 4) % 3], causal, dtype,
+                           id=f"nq{n_q}-nk{n_k}-d{HEAD_DIMS[i % 4]}-g{GROUPS[(i // 4) % 3]}-"
+                              f"{'causal' if causal else 'full'}-{str(dtype)[6:]}")
+
+
+def _inputs(B, n_q, n_k, h_kv, group, d, dtype, scale=1.0):
+    q = (torch.randn(B, n_q, h_kv * group, d) * scale).to(dtype).requires_grad_()
+    k = (torch.randn(B, n_k, h_kv, d) * scale).to(dtype).requires_grad_()
+    v = torch.randn(B, n_k, h_kv, d).to(dtype).requires_grad_()
+    return q, k, v
+
+
+def _check_against_reference(q, k, v, causal, softmax_scale=None, bound_scale=1.0):
+    dtype = q.dtype
+    out, lse = hwattn.flash_attention(q, k, v, causal=causal, softmax_scale=softmax_scale, return_lse=True)
+    do = torch.randn_like(out)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), do)
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref, ref_lse = reference(q64, k64, v64, causal=causal, softmax_scale=softmax_scale, return_lse=True)
+    rq, rk, rv = torch.autograd.grad(ref, (q64, k64, v64), do.double())
+    bound = TOLERANCE[dtype] * bound_scale
+    assert_rel_close("out", out, ref, dtype, bound)
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse)), "lse must be -inf exactly on rows that see no key"
+    finite = torch.isfinite(ref_lse)
+    if finite.any():
+        assert_rel_close("lse", lse[finite], ref_lse[finite], dtype, 1e-5)
+    for name, got, want in (("dq", dq, rq), ("dk", dk, rk), ("dv", dv, rv)):
+        assert_rel_close(name, got, want, dtype, bound)
+    return out, (dq, dk, dv)
+
+
+@pytest.mark.parametrize("n_q,n_k,d,group,causal,dtype", list(_cases()))
+def test_matches_float64_reference(n_q, n_k, d, group, causal, dtype):
+    q, k, v = _inputs(2 if n_q * n_k < 5000 else 1, n_q, n_k, 1 if group == 4 else 2, group, d, dtype)
+    _check_against_reference(q, k, v, causal)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_not_worse_than_torch_math_fp16(causal):
+    """Beyond the absolute bound: never worse than 2x PyTorch's own math attention in fp16."""
+    q, k, v = _inputs(1, 100, 100, 2, 1, 64, torch.float16)
+    out = hwattn.flash_attention(q, k, v, causal=causal)
+    ref = reference(*(x.detach().double() for x in (q, k, v)), causal=causal)
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        math_out = F.scaled_dot_product_attention(*(x.detach().transpose(1, 2) for x in (q, k, v)),
+                                                  is_causal=causal).transpose(1, 2)
+    assert rel_err(out, ref) <= 2 * max(rel_err(math_out, ref), 1e-4)
+
+
+def test_not_worse_than_torch_math_fp32_grads():
+    q, k, v = _inputs(1, 100, 100, 2, 1, 64, torch.float32)
+    out = hwattn.flash_attention(q, k, v, causal=True)
+    do = torch.randn_like(out)
+    ours = torch.autograd.grad(out, (q, k, v), do)
+    x64 = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    exact = torch.autograd.grad(reference(*x64, causal=True), x64, do.double())
+    xm = [x.detach().transpose(1, 2).requires_grad_() for x in (q, k, v)]
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        math_out = F.scaled_dot_product_attention(*xm, is_causal=True)
+    theirs = torch.autograd.grad(math_out, xm, do.transpose(1, 2))
+    for name, a, b, c in zip(("dq", "dk", "dv"), ours, exact, theirs):
+        assert rel_err(a, b) <= 2 * rel_err(c.transpose(1, 2), b), name
+
+
+def test_fused_qkv_strided_views():
+    """q, k, v as views into one fused projection output (B, N, 3, H, D): non-contiguous strides."""
+    B, N, H, D = 2, 45, 4, 32
+    qkv = torch.randn(B, N, 3, H, D, dtype=torch.float16)
+    q, k, v = (qkv[:, :, i].requires_grad_() if False else qkv[:, :, i] for i in range(3))
+    assert not q.is_contiguous()
+    q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
+    # requires_grad_ on a view keeps the view's strides
+    assert q.stride() == qkv[:, :, 0].stride()
+    _check_against_reference(q, k, v, causal=True)
+
+
+def test_transposed_and_last_dim_strided_inputs():
+    B, N, H, D = 1, 33, 2, 16
+    q = torch.randn(B, H, N, D, dtype=torch.float32).transpose(1, 2).requires_grad_()   # (B, N, H, D) view
+    k = torch.randn(B, N, H, 2 * D, dtype=torch.float32)[..., ::2].requires_grad_()      # last dim stride 2
+    v = torch.randn(B, N, H, D, dtype=torch.float32).requires_grad_()
+    assert k.stride(-1) == 2 and not q.is_contiguous()
+    _check_against_reference(q, k, v, causal=False)
+
+
+def test_fully_masked_rows_give_zeros_and_zero_grads():
+    """Causal with Nq > Nk, bottom-right: the first Nq - Nk rows see no key."""
+    n_q, n_k = 50, 20
+    q, k, v = _inputs(1, n_q, n_k, 2, 2, 32, torch.float16)
+    out, (dq, dk, dv) = _check_against_reference(q, k, v, causal=True)
+    empty = n_q - n_k
+    assert torch.all(out[:, :empty] == 0)
+    assert torch.all(dq[:, :empty] == 0)
+    assert all(torch.isfinite(t).all() for t in (out, dq, dk, dv))
+    _, lse = hwattn.flash_attention(q, k, v, causal=True, return_lse=True)
+    assert torch.all(lse[:, :, :empty] == float("-inf")) and torch.isfinite(lse[:, :, empty:]).all()
+
+
+@pytest.mark.parametrize("dtype,scale", [(torch.float16, 12.0), (torch.float32, 6.0)])
+def test_large_logits_do_not_overflow(dtype, scale):
+    """Scores of std ~scale^2 (max ~600 in fp16, ~150 in fp32): exp overflows without the running max.
+    fp32 meets its bound everywhere. In fp16 the output does; the gradients of so peaked a softmax are
+    ill-conditioned (delta = rowsum(dO * O) is computed from the fp16-rounded O, as in FlashAttention-2),
+    so they must stay finite and within 2x of the five steps computed in fp16 (in practice ~10x better)."""
+    q, k, v = _inputs(1, 70, 70, 2, 1, 64, dtype, scale=scale)
+    if dtype == torch.float32:
+        _check_against_reference(q, k, v, causal=True)
+        return
+    out = hwattn.flash_attention(q, k, v, causal=True)
+    do = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    x64 = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    ref = reference(*x64, causal=True)
+    ref_grads = torch.autograd.grad(ref, x64, do.double())
+    x16 = [x.detach().requires_grad_() for x in (q, k, v)]
+    naive_grads = torch.autograd.grad(reference(*x16, causal=True), x16, do)
+    assert_rel_close("out", out, ref, dtype)
+    for name, got, want, theirs in zip(("dq", "dk", "dv"), grads, ref_grads, naive_grads):
+        ours_err, naive_err = rel_err(got, want), rel_err(theirs, want)
+        assert ours_err <= 2 * naive_err, f"{name}: {ours_err:.2e} vs fp16 five steps {naive_err:.2e}"
+
+
+def test_custom_softmax_scale_fp32():
+    q, k, v = _inputs(1, 40, 50, 1, 2, 48, torch.float32)
+    _check_against_reference(q, k, v, causal=True, softmax_scale=0.3)
+
+
+def test_backward_is_deterministic():
+    q, k, v = _inputs(1, 70, 70, 1, 2, 32, torch.float16)
+    do = torch.randn(1, 70, 2, 32, dtype=torch.float16)
+    grads = [torch.autograd.grad(hwattn.flash_attention(q, k, v, causal=True), (q, k, v), do) for _ in range(2)]
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n_q=st.integers(1, 90), n_k=st.integers(1, 90), d=st.integers(1, 72), group=st.sampled_from([1, 2, 3]),
+       causal=st.booleans(), fp16=st.booleans())
+def test_random_shapes(n_q, n_k, d, group, causal, fp16):
+    dtype = torch.float16 if fp16 else torch.float32
+    q, k, v = _inputs(1, n_q, n_k, 1, group, d, dtype)
+    _check_against_reference(q, k, v, causal)
+
+
+# --- the SDPA drop-in, against torch SDPA itself -------------------------------------------------------
+
+@pytest.mark.parametrize("n_q,n_k", [(30, 30), (20, 50), (50, 20), (2, 33)])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_sdpa_matches_torch_sdpa(n_q, n_k, is_causal):
+    """torch SDPA's is_causal is top-left aligned when Nq != Nk; hwattn.sdpa keeps that exactly."""
+    B, Hq, Hkv, D = 1, 4, 2, 32
+    q = torch.randn(B, Hq, n_q, D, dtype=torch.float32, requires_grad=True)
+    k = torch.randn(B, Hkv, n_k, D, dtype=torch.float32, requires_grad=True)
+    v = torch.randn(B, Hkv, n_k, D, dtype=torch.float32, requires_grad=True)
+    out = hwattn.sdpa(q, k, v, is_causal=is_causal, enable_gqa=True)
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = F.scaled_dot_product_attention(q64, k64, v64, is_causal=is_causal, enable_gqa=True)
+    assert_rel_close("out", out, ref, torch.float32)
+    do = torch.randn_like(out)
+    for got, want in zip(torch.autograd.grad(out, (q, k, v), do), torch.autograd.grad(ref, (q64, k64, v64), do.double())):
+        assert_rel_close("grad", got, want, torch.float32)
+
+
+def test_flash_causal_matches_flex_style_bottom_right_mask():
+    """flash_attention's causal equals the reference with an explicit bottom-right mask (flash_attn)."""
+    n_q, n_k = 20, 45
+    q, k, v = _inputs(1, n_q, n_k, 1, 1, 16, torch.float32)
+    mask = torch.arange(n_k)[None, :] <= torch.arange(n_q)[:, None] + (n_k - n_q)
+    ref = reference(*(x.detach().double() for x in (q, k, v)), mask=mask)
+    assert_rel_close("out", hwattn.flash_attention(q, k, v, causal=True), ref, torch.float32)
+
+
+def test_torch_compile_fullgraph():
+    q, k, v = _inputs(1, 40, 40, 2, 1, 32, torch.float16)
+
+    def f(q, k, v):
+        return (hwattn.flash_attention(q, k, v, causal=True) * 2).sum()
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    eager_grads = torch.autograd.grad(f(q, k, v), (q, k, v))
+    compiled_grads = torch.autograd.grad(compiled(q, k, v), (q, k, v))
+    for a, b in zip(eager_grads, compiled_grads):
+        assert torch.equal(a, b)
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+
+def _qkv(shape_q=(1, 8, 2, 16), shape_kv=(1, 8, 2, 16), dtype=torch.float16):
+    return torch.randn(shape_q).to(dtype), torch.randn(shape_kv).to(dtype), torch.randn(shape_kv).to(dtype)
+
+
+@pytest.mark.parametrize("make,exc,words", [
+    (lambda: (torch.randn(8, 2, 16).half(),) + _qkv()[1:], ValueError, ["q", "4 dimensions"]),
+    (lambda: (_qkv()[0], torch.randn(1, 8, 2, 16).half(), torch.randn(1, 9, 2, 16).half()), ValueError, ["same shape"]),
+    (lambda: _qkv((1, 8, 3, 16), (1, 8, 2, 16)), ValueError, ["multiple", "3", "2"]),
+    (lambda: _qkv((1, 8, 2, 16), (1, 8, 2, 32)), ValueError, ["head_dim"]),
+    (lambda: _qkv((1, 8, 2, 300), (1, 8, 2, 300)), ValueError, ["head_dim", "300"]),
+    (lambda: _qkv((2, 8, 2, 16), (1, 8, 2, 16)), ValueError, ["batch"]),
+    (lambda: _qkv((1, 0, 2, 16), (1, 8, 2, 16)), ValueError, ["lengths"]),
+    (lambda: _qkv(dtype=torch.float64), TypeError, ["q", "float64", "float16"]),
+    (lambda: _qkv(dtype=torch.int32), TypeError, ["int32"]),
+    (lambda: (_qkv()[0], _qkv()[1].float(), _qkv()[2]), ValueError, ["dtype"]),
+    (lambda: (_qkv()[0], _qkv()[1].to("meta"), _qkv()[2]), ValueError, ["device"]),
+    (lambda: ([1, 2], _qkv()[1], _qkv()[2]), TypeError, ["q", "Tensor"]),
+])
+def test_bad_input_is_refused_clearly(make, exc, words):
+    with pytest.raises(exc) as info:
+        hwattn.flash_attention(*make())
+    for w in words:
+        assert w in str(info.value), f"{w!r} not in {info.value}"
+
+
+def test_bad_options_are_refused_clearly():
+    q, k, v = _qkv()
+    with pytest.raises(TypeError, match="causal"):
+        hwattn.flash_attention(q, k, v, causal=1)
+    with pytest.raises(TypeError, match="softmax_scale"):
+        hwattn.flash_attention(q, k, v, softmax_scale="0.1")
+    with pytest.raises(ValueError, match="softmax_scale"):
+        hwattn.flash_attention(q, k, v, softmax_scale=float("nan"))
+    qs, ks, vs = (x.transpose(1, 2) for x in _qkv((1, 8, 4, 16), (1, 8, 2, 16)))
+    with pytest.raises(ValueError, match="enable_gqa"):
+        hwattn.sdpa(qs, ks, vs)
+    with pytest.raises(ValueError, match="attn_mask"):
+        hwattn.sdpa(qs, ks, vs, attn_mask=torch.ones(8, 8, dtype=torch.bool), enable_gqa=True)
+    with pytest.raises(ValueError, match="dropout_p"):
+        hwattn.sdpa(qs, ks, vs, dropout_p=0.1, enable_gqa=True)
+
+
+def test_cpu_without_interpreter_says_how_to_run():
+    code = ("import torch, hwattn\n"
+            "q = torch.randn(1, 4, 1, 16, dtype=torch.float16)\n"
+            "try:\n    hwattn.flash_attention(q, q, q)\nexcept RuntimeError as e:\n    print('ERR', e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert "ERR" in res.stdout and "TRITON_INTERPRET=1" in res.stdout, res.stdout + res.stderr
+
+
+# --- GPU only ------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("n_q,n_k", [(1000, 1000), (513, 2049), (2049, 513)])
+def test_gpu_bf16(d, causal, n_q, n_k):
+    torch.manual_seed(0)
+    q, k, v = (x.cuda() for x in _inputs(2, n_q, n_k, 2, 2, d, torch.bfloat16))
+    q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
+    _check_against_reference(q, k, v, causal)
