@@ -13,7 +13,7 @@ import triton.language as tl
 
 from ..._runtime import interpreting
 from .common import LOG2E, kv_block_bounds, q_block_bounds, visible
-from .configs import autotuned, configs, fixed_config
+from .configs import autotune_enabled, autotuned, configs, fixed_config
 from .forward import dot_precision, seq_bucket
 
 
@@ -186,7 +186,7 @@ _dq_autotuned = None if interpreting() else autotuned(_bwd_dq_kernel, lambda: co
 
 
 def _launch(kernel, tuned, kind, grid_of, args, meta, head_dim, dtype):
-    if tuned is None:
+    if tuned is None or not autotune_enabled():
         cfg = fixed_config(kind, head_dim, dtype)
         kernel[grid_of(cfg)](*args, **meta, **cfg)
     else:

@@ -1,8 +1,11 @@
 """Block sizes, warps and pipeline depth: autotuned on the GPU per (head_dim, causal, dtype, seqlen
 bucket), fixed under the interpreter (where timing means nothing and every config costs minutes)."""
 import inspect
+import os
 
 import triton
+
+from ..._runtime import interpreting
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). Short lists on purpose: each entry is one more compile per
 # (head_dim, causal, dtype) and one more timing per shape bucket.
@@ -54,6 +57,24 @@ def autotuned(kernel, make_configs):
                            prune_configs_by={"early_config_prune": _prune}, **extra)(kernel)
 
 
+# GPU defaults when autotuning is off (HWATTN_AUTOTUNE=0): (BLOCK_M, BLOCK_N, num_warps, num_stages)
+_DEFAULT = {"fwd": {64: (128, 64, 4, 3), 128: (128, 64, 8, 3), 256: (64, 32, 4, 2)},
+            "dkdv": {64: (32, 128, 4, 3), 128: (32, 128, 4, 3), 256: (16, 64, 4, 2)},
+            "dq": {64: (128, 32, 4, 3), 128: (128, 32, 4, 3), 256: (64, 16, 4, 2)}}
+
+
+def autotune_enabled() -> bool:
+    """Autotuning is on by default on the GPU; HWATTN_AUTOTUNE=0 uses the fixed defaults (fast start-up,
+    e.g. for tests or one-off huge shapes where timing every config would cost more than it saves)."""
+    return os.environ.get("HWATTN_AUTOTUNE", "1") not in ("0", "false", "False")
+
+
 def fixed_config(kind: str, head_dim: int, dtype) -> dict:
-    block_m, block_n = _INTERPRETER[kind]
-    return {"BLOCK_M": block_m, "BLOCK_N": block_n}
+    """Launch parameters when not autotuning: interpreter blocks on CPU, tuned defaults on a GPU."""
+    if interpreting():
+        block_m, block_n = _INTERPRETER[kind]
+        return {"BLOCK_M": block_m, "BLOCK_N": block_n}
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    bucket = 64 if block_d <= 64 else (128 if block_d <= 128 else 256)
+    block_m, block_n, warps, stages = _DEFAULT[kind][bucket]
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps, "num_stages": stages}

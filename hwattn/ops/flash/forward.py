@@ -9,7 +9,7 @@ import triton.language as tl
 
 from ..._runtime import interpreting
 from .common import LOG2E, kv_block_bounds, visible
-from .configs import autotuned, fwd_configs, fixed_config
+from .configs import autotune_enabled, autotuned, fixed_config, fwd_configs
 
 
 @triton.jit
@@ -125,8 +125,9 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 def seq_bucket(n: int) -> int:
-    """Autotune key: configs are chosen per power-of-two sequence length, not per exact length."""
-    return 1 << max(n - 1, 1).bit_length()
+    """Autotune key: configs are chosen per power-of-two sequence length (capped at 16384: longer
+    sequences behave alike and would make each tuning run cost seconds), not per exact length."""
+    return min(1 << max(n - 1, 1).bit_length(), 16384)
 
 
 def flash_fwd(q, k, v, causal: bool, softmax_scale: float):
@@ -148,7 +149,7 @@ def flash_fwd(q, k, v, causal: bool, softmax_scale: float):
     def grid(cfg):
         return (triton.cdiv(n_q, cfg["BLOCK_M"]), B * n_heads)
 
-    if _fwd_autotuned is None:
+    if _fwd_autotuned is None or not autotune_enabled():
         cfg = fixed_config("fwd", head_dim, q.dtype)
         _fwd_kernel[grid(cfg)](*args, **meta, **cfg)
     else:

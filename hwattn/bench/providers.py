@@ -1,0 +1,70 @@
+"""The attention implementations `hwattn bench` times, each behind one signature:
+
+    make(q, k, v, causal) -> fn, where fn() runs the forward and returns the output.
+
+q/k/v arrive in the (B, N, H, D) layout; a provider that wants another layout converts once, outside
+the timed region, as a user of that library would store their tensors.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _hwattn(q, k, v, causal):
+    from ..ops.flash import flash_attention
+    return lambda: flash_attention(q, k, v, causal=causal)
+
+
+def _sdpa(backend_name):
+    def make(q, k, v, causal):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        backend = getattr(SDPBackend, backend_name)
+        qh, kh, vh = (x.transpose(1, 2).contiguous().detach().requires_grad_(x.requires_grad) for x in (q, k, v))
+
+        def run():
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal)
+        run.inputs = (qh, kh, vh)
+        return run
+    return make
+
+
+_flex_compiled = None
+
+
+def _flex(q, k, v, causal):
+    global _flex_compiled
+    import torch._dynamo
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    # every new shape is a recompile; the default limit (8) silently falls back to eager after that
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 1000)
+    if _flex_compiled is None:
+        _flex_compiled = torch.compile(flex_attention)
+    qh, kh, vh = (x.transpose(1, 2).contiguous().detach().requires_grad_(x.requires_grad) for x in (q, k, v))
+    n_q, n_k = q.shape[1], k.shape[1]
+    block_mask = None
+    if causal:
+        shift = n_k - n_q
+        block_mask = create_block_mask(lambda b, h, qi, ki: ki <= qi + shift, B=None, H=None, Q_LEN=n_q,
+                                       KV_LEN=n_k, device=q.device)
+
+    def run():
+        return _flex_compiled(qh, kh, vh, block_mask=block_mask)
+    run.inputs = (qh, kh, vh)
+    return run
+
+
+def _naive(q, k, v, causal):
+    from ..reference import attention
+    return lambda: attention(q, k, v, causal=causal)
+
+
+PROVIDERS = {
+    "hwattn": _hwattn,
+    "sdpa_cudnn": _sdpa("CUDNN_ATTENTION"),
+    "sdpa_flash": _sdpa("FLASH_ATTENTION"),
+    "sdpa_efficient": _sdpa("EFFICIENT_ATTENTION"),
+    "flex": _flex,
+    "naive": _naive,
+}
