@@ -41,6 +41,11 @@ def intensity(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _escape(text: str) -> str:
+    from rich.markup import escape
+    return escape(text)
+
+
 def console():
     """A rich console at least 140 columns wide (rich falls back to 80 when output is not a terminal)."""
     from rich.console import Console
@@ -54,7 +59,7 @@ def ceilings_table(c):
     from rich.table import Table
 
     from ._ceilings import DTYPE_LABELS
-    t = Table(title=f"Measured ceilings: {c.name} ({c.device})" + ("  [cached]" if c.from_cache else ""))
+    t = Table(title=f"Measured ceilings: {c.name} ({c.device})" + ("  (from cache)" if c.from_cache else ""))
     t.add_column("what")
     t.add_column("measured", justify="right")
     t.add_column("ridge (FLOP/byte)", justify="right")
@@ -79,7 +84,7 @@ def reports_table(reports, title: str = "hwattn diagnose"):
     for r in reports:
         p, o, v = r.profile, r.overhead, r.verdict
         color = {"memory-bound": "cyan", "compute-bound": "green", "overhead-bound": "yellow"}.get(v.label, "")
-        t.add_row(p.name, seconds(p.time_s), rate(p.achieved_flops, "FLOP/s"), rate(p.achieved_bandwidth, "B/s"),
+        t.add_row(_escape(p.name), seconds(p.time_s), rate(p.achieved_flops, "FLOP/s"), rate(p.achieved_bandwidth, "B/s"),
                   intensity(p.intensity), f"{p.ridge:.3g}", f"{100 * p.roofline_fraction:.0f}%",
                   f"{100 * o.fraction:.0f}%" if o is not None else "-", f"[{color}]{v.label}[/{color}]")
     return t
@@ -89,7 +94,8 @@ def evidence_lines(reports):
     lines = []
     for r in reports:
         v = r.verdict
-        lines.append(f"[bold]{r.profile.name}[/bold]: {v.label}: {v.evidence}. Advice: {v.advice}.")
+        lines.append(f"[bold]{_escape(r.profile.name)}[/bold]: {v.label}: {_escape(v.evidence)}. "
+                     f"Advice: {v.advice}.")
         for note in v.notes:
-            lines.append(f"    note: {note}")
+            lines.append(f"    note: {_escape(note)}")
     return lines

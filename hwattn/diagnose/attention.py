@@ -168,9 +168,9 @@ class AttentionDiagnosis:
             for line in fmt.evidence_lines(list(self.reports.values())):
                 console.print(line)
         for impl, why in self.skipped.items():
-            console.print(f"[yellow]{impl}: skipped: {why}[/yellow]")
+            console.print(f"[yellow]{impl}: skipped: {fmt._escape(why)}[/yellow]")
         for impl, err in self.errors.items():
-            console.print(f"[red]{impl}: failed: {err}[/red]")
+            console.print(f"[red]{impl}: failed: {fmt._escape(err)}[/red]")
 
 
 def _available_bytes(device) -> int | None:

@@ -175,9 +175,10 @@ def _main(args) -> int:
         c = None if args.model_only else ceilings(device)
         if args.model_only:
             from .attention import attention_model
-            model = attention_model(args.batch, args.n or (16384 if device.type == "cuda" else 1024),
-                                    args.heads or (16 if device.type == "cuda" else 4),
-                                    args.d or (128 if device.type == "cuda" else 64), args.causal,
+            cuda = device.type == "cuda"
+            model = attention_model(args.batch, args.n if args.n is not None else (16384 if cuda else 1024),
+                                    args.heads if args.heads is not None else (16 if cuda else 4),
+                                    args.d if args.d is not None else (128 if cuda else 64), args.causal,
                                     dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32),
                                     block_m=args.block_m, block_n=args.block_n)
             console.print(model.table())

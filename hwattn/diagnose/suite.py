@@ -68,5 +68,5 @@ def run_suite(device="cpu", ceilings=None, show: bool = True, budget_s: float | 
         console.print(fmt.reports_table([r for _, r, _ in results], title=f"Labelled suite on {c.name}"))
         for case, rep, ok in results:
             mark = "[green]right[/green]" if ok else f"[red]WRONG (expected {case.expected})[/red]"
-            console.print(f"{mark}  {case.name}: {rep.verdict}")
+            console.print(f"{mark}  {fmt._escape(case.name)}: {fmt._escape(str(rep.verdict))}")
     return results

@@ -1,0 +1,102 @@
+"""The labelled suite gets every verdict right on this CPU; assertions on verdicts and ratios only."""
+import pytest
+import torch
+
+from hwattn.diagnose import overhead, profile, report, run_suite, verdict
+from hwattn.diagnose._overhead import OVERHEAD_BOUND
+
+
+@pytest.fixture(scope="module")
+def suite(cpu_ceilings):
+    return {case.expected + ":" + case.name: (case, rep) for case, rep, _ in
+            run_suite("cpu", cpu_ceilings, show=False, budget_s=0.15)}
+
+
+def _pick(suite, prefix):
+    return [v for k, v in suite.items() if k.startswith(prefix)]
+
+
+def test_suite_verdicts_are_right(suite):
+    wrong = [f"{case.name}: expected {case.expected}, got {rep.verdict}" for case, rep in suite.values()
+             if rep.verdict.label != case.expected]
+    assert not wrong, "\n".join(wrong)
+    assert len(suite) == 4
+
+
+def test_memory_bound_numbers(suite):
+    for case, rep in _pick(suite, "memory-bound"):
+        p = rep.profile
+        assert p.intensity < p.ridge / 10           # far left of the ridge
+        assert rep.overhead.fraction < OVERHEAD_BOUND
+        # it moves its bytes at a rate of the order of the measured copy bandwidth (noisy CI: loose)
+        assert 0.05 < p.achieved_bandwidth / p.bandwidth < 5
+    copy_case, copy_rep = next(v for k, v in suite.items() if "copy" in k)
+    assert copy_rep.profile.bytes == 2 * copy_case.args[1].nbytes   # read src + write dst, counted
+
+
+def test_compute_bound_numbers(suite):
+    (case, rep), = _pick(suite, "compute-bound")
+    p = rep.profile
+    n = case.args[0].shape[0]
+    assert p.flops == 2 * n**3 and p.flops_source == "counted"
+    assert p.intensity > 3 * p.ridge
+    assert 0.05 < p.achieved_flops / p.peak_flops < 3
+    assert rep.overhead.fraction < OVERHEAD_BOUND
+
+
+def test_overhead_bound_numbers(suite):
+    (case, rep), = _pick(suite, "overhead-bound")
+    o = rep.overhead
+    assert o.launches >= 400                       # 200 iterations x (mul, add)
+    assert o.fraction >= 0.8
+    assert rep.profile.roofline_fraction < 0.2     # the work would take a sliver of the time
+    assert "torch ops per call" in rep.verdict.evidence and "fuse" in rep.verdict.advice
+
+
+def test_report_on_a_user_callable_writes_a_plot(tmp_path, cpu_ceilings, capsys):
+    x = torch.randn(512, 512)
+    path = str(tmp_path / "roofline.png")
+    rep = report(torch.softmax, x, dim=-1, ceilings=cpu_ceilings, plot=path, budget_s=0.05)
+    assert rep.verdict.label in ("memory-bound", "overhead-bound")   # intensity 0.625 is far below any ridge
+    assert rep.profile.flops == 5 * x.numel() and rep.profile.bytes == 2 * x.nbytes
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert "softmax" in out and rep.verdict.label in out
+
+
+def test_given_flops_and_bytes_are_used(cpu_ceilings):
+    a = torch.randn(64, 64)
+    p = profile(torch.mm, a, a, flops=1e9, bytes=1e3, ceilings=cpu_ceilings, budget_s=0.02)
+    assert p.flops == 1e9 and p.bytes == 1e3 and p.flops_source == p.bytes_source == "given"
+    assert p.bound == "compute" and verdict(p).label == "compute-bound"
+    p = profile(torch.mm, a, a, flops=1.0, bytes=1e9, ceilings=cpu_ceilings, budget_s=0.02)
+    assert verdict(p).label == "memory-bound"
+
+
+def test_python_only_work_is_overhead(cpu_ceilings):
+    x = torch.randn(4)
+
+    def slow_python(t):
+        total = 0
+        for i in range(20000):
+            total += i * i
+        return t + total
+
+    o = overhead(slow_python, x, ceilings=cpu_ceilings)
+    assert o.python_fraction > 0.8 and o.overhead_bound
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda c: report(42, ceilings=c, show=False), TypeError, "fn must be callable"),
+    (lambda c: profile(torch.neg, torch.ones(2), flops=-1, ceilings=c), ValueError, "flops"),
+    (lambda c: profile(torch.neg, torch.ones(2), bytes="many", ceilings=c), TypeError, "bytes"),
+    (lambda c: profile(torch.neg, torch.ones(2), device="cuda:9"), ValueError, "does not exist"),
+    (lambda c: profile(torch.neg, torch.ones(2), ceilings={"fp32": 1}), TypeError, "ceilings"),
+    (lambda c: overhead(torch.neg, torch.ones(2), ceilings=c, calls=0), ValueError, "calls"),
+    (lambda c: verdict("fast"), TypeError, "prof"),
+    (lambda c: report(torch.neg, torch.ones(2), ceilings=c, plot=3, show=False), TypeError, "plot"),
+])
+def test_bad_input(call, exc, match, cpu_ceilings):
+    with pytest.raises(exc, match=match):
+        call(cpu_ceilings)
