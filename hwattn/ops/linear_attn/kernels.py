@@ -97,7 +97,7 @@ def _state_fwd_kernel(
     total). h: (B*H, NC, K, V), z: (B*H, NC, K); h0/ht: (B*H, K, V) fp32, z0/zt: (B*H, K) fp32."""
     i_kv = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
-    NV: tl.constexpr = triton.cdiv(V, BV)
+    NV: tl.constexpr = (V + BV - 1) // BV
     i_k = i_kv // NV
     i_v = i_kv % NV
     i_b = i_bh // H
@@ -108,13 +108,13 @@ def _state_fwd_kernel(
     m_v = o_v < V
     m_kv = m_k[:, None] & m_v[None, :]
     o_kv = o_k[:, None] * V + o_v[None, :]
-    do_z = NORMALIZE and i_v == 0
+    m_z = m_k & ((o_k * 0 + i_v) == 0)  # the normaliser z is stored by the Dv-block-0 programs
 
     b_h = tl.zeros([BK, BV], dtype=tl.float32)
     b_z = tl.zeros([BK], dtype=tl.float32)
     if USE_H0:
         b_h += tl.load(h0 + i_bh * K * V + o_kv, mask=m_kv, other=0.0).to(tl.float32)
-        if do_z:
+        if NORMALIZE:
             b_z += tl.load(z0 + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32)
 
     rows = tl.arange(0, BT)
@@ -125,13 +125,13 @@ def _state_fwd_kernel(
     for c in range(NC):
         if STORE_ALL:
             tl.store(p_h, b_h.to(p_h.dtype.element_ty), mask=m_kv)
-            if do_z:
-                tl.store(p_z, b_z, mask=m_k)
+            if NORMALIZE:
+                tl.store(p_z, b_z, mask=m_z)
         m_t = rows < T - c * BT
         b_kt = _load_features(p_k, m_k[:, None] & m_t[None, :], FEATURE)
         b_v = tl.load(p_v, mask=m_t[:, None] & m_v[None, :], other=0.0)
         b_h = tl.dot(b_kt, b_v, b_h, input_precision=PREC)
-        if do_z:
+        if NORMALIZE:
             b_z += tl.sum(b_kt.to(tl.float32), axis=1)
         p_k += BT * s_kn
         p_v += BT * s_vn
@@ -139,8 +139,8 @@ def _state_fwd_kernel(
         p_z += K
     if STORE_FINAL:
         tl.store(ht + i_bh * K * V + o_kv, b_h, mask=m_kv)
-        if do_z:
-            tl.store(zt + i_bh * K + o_k, b_z, mask=m_k)
+        if NORMALIZE:
+            tl.store(zt + i_bh * K + o_k, b_z, mask=m_z)
 
 
 @triton.jit
@@ -157,7 +157,7 @@ def _output_fwd_kernel(
     hold the single total state (B*H, K, V) / (B*H, K), and the intra-chunk term is skipped. den: (B*H, T) fp32."""
     i_cv = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
-    NV: tl.constexpr = triton.cdiv(V, BV)
+    NV: tl.constexpr = (V + BV - 1) // BV
     i_c = (i_cv // NV).to(tl.int64)
     i_v = i_cv % NV
     i_b = i_bh // H
@@ -176,7 +176,7 @@ def _output_fwd_kernel(
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
     b_A = tl.zeros([BT, BT], dtype=tl.float32)
     b_den = tl.zeros([BT], dtype=tl.float32)
-    for i_k in range(triton.cdiv(K, BK)):
+    for i_k in range((K + BK - 1) // BK):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         p_q = q + i_b * s_qb + i_h * s_qh + o_t[:, None] * s_qn + o_k[None, :]
@@ -200,8 +200,8 @@ def _output_fwd_kernel(
     if NORMALIZE:
         b_den = b_den + eps
         b_o = b_o / b_den[:, None]
-        if SAVE_DEN and i_v == 0:
-            tl.store(den + i_bh * T + o_t, b_den, mask=m_t)
+        if SAVE_DEN:
+            tl.store(den + i_bh * T + o_t, b_den, mask=m_t & ((o_t * 0 + i_v) == 0))
     p_o = o + i_b * s_ob + i_h * s_oh + o_t[:, None] * s_on + o_v[None, :]
     tl.store(p_o, b_o.to(p_o.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
 
@@ -224,7 +224,7 @@ def _bwd_dd_kernel(
     o_t = i_c * BT + tl.arange(0, BT)
     m_t = o_t < T
     b_delta = tl.zeros([BT], dtype=tl.float32)
-    for i_v in range(triton.cdiv(V, BV)):
+    for i_v in range((V + BV - 1) // BV):
         o_v = i_v * BV + tl.arange(0, BV)
         m = m_t[:, None] & (o_v < V)[None, :]
         b_o = tl.load(o + i_b * s_ob + i_h * s_oh + o_t[:, None] * s_on + o_v[None, :], mask=m, other=0.0)
@@ -249,7 +249,7 @@ def _state_bwd_kernel(
     state's gradient, and the non-causal total)."""
     i_kv = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
-    NV: tl.constexpr = triton.cdiv(V, BV)
+    NV: tl.constexpr = (V + BV - 1) // BV
     i_k = i_kv // NV
     i_v = i_kv % NV
     i_b = i_bh // H
@@ -260,13 +260,13 @@ def _state_bwd_kernel(
     m_v = o_v < V
     m_kv = m_k[:, None] & m_v[None, :]
     o_kv = o_k[:, None] * V + o_v[None, :]
-    do_z = NORMALIZE and i_v == 0
+    m_z = m_k & ((o_k * 0 + i_v) == 0)  # dz is stored by the Dv-block-0 programs
 
     b_dh = tl.zeros([BK, BV], dtype=tl.float32)
     b_dz = tl.zeros([BK], dtype=tl.float32)
     if USE_DHT:
         b_dh += tl.load(dht + i_bh * K * V + o_kv, mask=m_kv, other=0.0).to(tl.float32)
-        if do_z:
+        if NORMALIZE:
             b_dz += tl.load(dzt + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32)
 
     last = i_bh * 0 + (NC - 1)  # int64: row offsets times strides can pass 2^31
@@ -281,17 +281,16 @@ def _state_bwd_kernel(
         c = NC - 1 - i
         if STORE_ALL:
             tl.store(p_dh, b_dh.to(p_dh.dtype.element_ty), mask=m_kv)
-            if do_z:
-                tl.store(p_dz, b_dz, mask=m_k)
+            if NORMALIZE:
+                tl.store(p_dz, b_dz, mask=m_z)
         m_t = rows < T - c * BT
         b_qt = _load_features(p_q, m_k[:, None] & m_t[None, :], FEATURE)
         b_do = tl.load(p_do, mask=m_t[:, None] & m_v[None, :], other=0.0)
         if NORMALIZE:
             b_den = tl.load(p_den, mask=m_t, other=1.0)
             b_do = b_do.to(tl.float32) / b_den[:, None]
-            if do_z:
-                b_dd = tl.load(p_dd, mask=m_t, other=0.0)
-                b_dz += tl.sum(b_qt.to(tl.float32) * b_dd[None, :], axis=1)
+            b_dd = tl.load(p_dd, mask=m_t, other=0.0)
+            b_dz += tl.sum(b_qt.to(tl.float32) * b_dd[None, :], axis=1)
         b_dh = _mm(b_qt, b_do, b_dh, F32, PREC)
         p_q -= BT * s_qn
         p_do -= BT * s_dn
@@ -301,8 +300,8 @@ def _state_bwd_kernel(
         p_dz -= K
     if STORE_DH0:
         tl.store(dh0 + i_bh * K * V + o_kv, b_dh, mask=m_kv)
-        if do_z:
-            tl.store(dz0 + i_bh * K + o_k, b_dz, mask=m_k)
+        if NORMALIZE:
+            tl.store(dz0 + i_bh * K + o_k, b_dz, mask=m_z)
 
 
 @triton.jit
@@ -321,7 +320,7 @@ def _dqk_bwd_kernel(
     length of the sequence it walks and h/z/dh/dz the single total state and its gradient."""
     i_ck = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
-    NK: tl.constexpr = triton.cdiv(K, BK)
+    NK: tl.constexpr = (K + BK - 1) // BK
     i_c = (i_ck // NK).to(tl.int64)
     i_k = i_ck % NK
     i_b = i_bh // H
@@ -355,7 +354,7 @@ def _dqk_bwd_kernel(
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
     b_dA = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_v in range(triton.cdiv(V, BV)):
+    for i_v in range((V + BV - 1) // BV):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
         m_tv = m_t[:, None] & m_v[None, :]
@@ -410,7 +409,7 @@ def _dv_bwd_kernel(
     """dv of one (chunk, Dv-block) x (b, h): tril(Q K^T)^T dN + K dS_c (non-causal: K dS, over the key chunks)."""
     i_cv = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
-    NV: tl.constexpr = triton.cdiv(V, BV)
+    NV: tl.constexpr = (V + BV - 1) // BV
     i_c = (i_cv // NV).to(tl.int64)
     i_v = i_cv % NV
     i_b = i_bh // H
@@ -427,7 +426,7 @@ def _dv_bwd_kernel(
 
     b_dv = tl.zeros([BT, BV], dtype=tl.float32)
     b_At = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_k in range(triton.cdiv(K, BK)):
+    for i_k in range((K + BK - 1) // BK):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         b_k = _load_features(k + i_b * s_kb + i_h * s_kh + o_t[:, None] * s_kn + o_k[None, :],
@@ -497,8 +496,8 @@ def _recurrent_fwd_kernel(
         p_v += s_vn
         p_o += s_on
     tl.store(ht + i_bh * K * V + o_kv, b_h, mask=m_kv)
-    if NORMALIZE and i_v == 0:
-        tl.store(zt + i_bh * K + o_k, b_z, mask=m_k)
+    if NORMALIZE:
+        tl.store(zt + i_bh * K + o_k, b_z, mask=m_k & ((o_k * 0 + i_v) == 0))
 
 
 # ----------------------------------------------------------------------------------------------- launchers

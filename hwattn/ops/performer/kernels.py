@@ -55,7 +55,7 @@ def _favor_fwd_kernel(
             b_c = tl.load(offset + i_bh) + tl.zeros([BN], dtype=tl.float32)
         else:
             b_c = tl.full([BN], float("-inf"), dtype=tl.float32)
-            for i_m in range(tl.cdiv(M, BM)):
+            for i_m in range((M + BM - 1) // BM):
                 o_m = i_m * BM + tl.arange(0, BM)
                 m_m = o_m < M
                 b_wt = tl.load(w + o_m[None, :] * D + o_d[:, None], mask=m_d[:, None] & m_m[None, :], other=0.0)
@@ -67,7 +67,7 @@ def _favor_fwd_kernel(
         tl.store(offset + i_bh * NB + i_n, tl.max(b_c, axis=0))
     else:
         p_f = f + i_b * s_fb + i_h * s_fh + rows[:, None].to(tl.int64) * s_fn
-        for i_m in range(tl.cdiv(M, BM)):
+        for i_m in range((M + BM - 1) // BM):
             o_m = i_m * BM + tl.arange(0, BM)
             m_m = o_m < M
             b_wt = tl.load(w + o_m[None, :] * D + o_d[:, None], mask=m_d[:, None] & m_m[None, :], other=0.0)
@@ -102,7 +102,7 @@ def _favor_bwd_kernel(
     b_x = b_x.to(tl.float32) * data_scale
     b_acc = tl.zeros([BN, BD], dtype=tl.float32)
     b_rs = tl.zeros([BN], dtype=tl.float32)
-    for i_m in range(tl.cdiv(M, BM)):
+    for i_m in range((M + BM - 1) // BM):
         o_m = i_m * BM + tl.arange(0, BM)
         m_m = o_m < M
         m_nm = m_n[:, None] & m_m[None, :]
