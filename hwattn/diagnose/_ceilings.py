@@ -30,7 +30,7 @@ DTYPE_LABELS = {"fp64": "float64", "fp32": "float32 (no TF32)", "tf32": "float32
                 "fp16": "float16", "bf16": "bfloat16", "fp8": "float8 e4m3 (scaled_mm, fp32 scales)"}
 _FP8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
              if hasattr(torch, n))
-_FORMAT = 2  # bump when the measurement changes, so old cache files are not reused
+_FORMAT = 3  # bump when the measurement changes, so old cache files are not reused
 
 
 def tf32_enabled() -> bool:
@@ -75,6 +75,8 @@ class Ceilings:
     op_latency_s: wall time of one tiny op (a 1-element add/mul/exp/sum; median over the four ops of
         each op's best loop of 100 calls): the fixed cost each
         op pays however little work it does (Python + dispatcher, plus the kernel launch on GPU).
+    kernel_latency_s: CUDA only: GPU-side duration of the kernel of a 1-element add (torch.profiler,
+        median): what every kernel costs the GPU even when it does nothing.
     """
     device: str
     name: str
@@ -84,6 +86,7 @@ class Ceilings:
     versions: dict
     threads: int | None = None
     l2_bytes: int | None = None
+    kernel_latency_s: float | None = None
     matmul_sizes: dict = field(default_factory=dict)
     measured_at: str = ""
     measure_time_s: float = 0.0
@@ -184,12 +187,17 @@ def measure_ceilings(device: torch.device, quick: bool = False) -> Ceilings:
         raise RuntimeError(f"could not measure a float32 matmul on {device}")
     bandwidth = _copy_bandwidth(device, quick)
     latency = _op_latency(device)
-    l2 = None
+    l2 = kernel_latency = None
     if device.type == "cuda":
         l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", None)
+        try:
+            kernel_latency = _kernel_latency(device)
+        except Exception as e:  # no CUPTI: overhead falls back to idle time alone
+            warnings.warn(f"hwattn diagnose: kernel latency not measured on {device}: {type(e).__name__}: {e}")
     return Ceilings(device=str(device), name=device_name(device), matmul_flops=flops, bandwidth=bandwidth,
                     op_latency_s=latency, versions=_versions(),
                     threads=torch.get_num_threads() if device.type == "cpu" else None, l2_bytes=l2,
+                    kernel_latency_s=kernel_latency,
                     matmul_sizes=sizes, measured_at=datetime.datetime.now().isoformat(timespec="seconds"),
                     measure_time_s=time.perf_counter() - t0)
 
@@ -288,3 +296,20 @@ def _op_latency(device, loop: int = 100, samples: int = 7) -> float:
         per_op.append(min(times))
     return statistics.median(per_op)
 
+
+
+def _kernel_latency(device) -> float | None:
+    """Median GPU duration of the kernel of a 1-element add, from torch.profiler's CUDA activity."""
+    from torch.profiler import ProfilerActivity, profile
+    a = torch.randn(1, device=device)
+    b = torch.randn(1, device=device)
+    for _ in range(10):
+        a + b
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(50):
+            a + b
+        torch.cuda.synchronize(device)
+    durations = [(e.time_range.end - e.time_range.start) * 1e-6 for e in prof.events()
+                 if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    return statistics.median(durations) if durations else None

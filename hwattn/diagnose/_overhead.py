@@ -2,9 +2,14 @@
 
 CUDA (direct measurement)
     The op runs under torch.profiler with CUDA activity. Device busy time is the union of the kernel,
-    memcpy and memset intervals of each call; overhead = 1 - busy / wall, with wall the un-profiled
-    median from `profile` (the profiler slows the host, not the kernels). The evidence also counts
-    launches per call and the median idle gap between consecutive device intervals.
+    memcpy and memset intervals of each call; idle = wall - busy, with wall the un-profiled median from
+    `profile` (the profiler slows the host, not the kernels). A kernel that does almost nothing still
+    occupies the GPU for a fixed time (`kernel_latency_s` in the ceilings: the duration of a 1-element
+    add's kernel), which fusion would save just like the idle gaps, so
+        overhead = idle + sum over kernels of min(duration, kernel_latency_s)
+    (capped at wall). A loop of tiny ops is then overhead-bound even on a host fast enough to keep the GPU
+    "busy" with empty kernels; a big kernel contributes one kernel latency, a few microseconds. The
+    evidence also counts launches per call and the median idle gap between consecutive device intervals.
 CPU (there is no separate device timeline: the thread that dispatches an op also runs its kernel)
     The profiler gives the torch ops called per call ("launches", top-level aten ops) and the share of
     wall time spent in Python between them. The rest is split with two measured numbers: `work`, the least
@@ -40,7 +45,8 @@ class Overhead:
 
     fraction: share of wall time that is overhead (0..1); method: how it was measured.
     launches: device kernels/memcpys (CUDA) or top-level torch ops (CPU) per call.
-    busy_s / idle_gap_s: CUDA only: device busy time, median idle gap between device intervals.
+    busy_s / idle_fraction / idle_gap_s: CUDA only: device busy time, share of wall time the device is
+        idle, median idle gap between device intervals; fixed_kernel_s: the kernels' fixed cost.
     python_fraction: share of profiled wall time spent outside torch ops (in Python).
     work_s / per_launch_excess_s: CPU model only.
     """
@@ -50,7 +56,10 @@ class Overhead:
     launches: float
     op_latency_s: float
     busy_s: float | None = None
+    idle_fraction: float | None = None
     idle_gap_s: float | None = None
+    fixed_kernel_s: float | None = None
+    kernel_latency_s: float | None = None
     python_fraction: float | None = None
     work_s: float | None = None
     per_launch_excess_s: float | None = None
@@ -64,8 +73,12 @@ class Overhead:
         n = f"{self.launches:.3g}"
         if self.method == "profiler":
             gap = f" (median gap {self.idle_gap_s * 1e6:.3g} us)" if self.idle_gap_s is not None else ""
-            return (f"{pct} of wall time the GPU is idle: busy {self.busy_s * 1e6:.3g} us of "
-                    f"{self.wall_s * 1e6:.3g} us per call, {n} launches{gap}")
+            text = (f"{100 * self.idle_fraction:.0f}% of wall time the GPU is idle between {n} launches per call"
+                    f"{gap}: busy {self.busy_s * 1e6:.3g} us of {self.wall_s * 1e6:.3g} us")
+            if self.fixed_kernel_s:
+                text += (f"; adding each kernel's fixed cost (an empty kernel takes "
+                         f"{self.kernel_latency_s * 1e6:.3g} us) overhead is {pct} of wall time")
+            return text
         parts = [f"{pct} of wall time is overhead: {n} torch ops per call take {self.wall_s * 1e6:.3g} us"]
         if self.work_s is not None:
             parts.append(f"the FLOPs and bytes need {self.work_s * 1e6:.3g} us at the ceilings")
@@ -144,16 +157,19 @@ def overhead(fn, *args, prof: Profile | None = None, device=None, ceilings=None,
         # enough calls for ~0.1 s, but few enough events to parse quickly (~30 us per event)
         calls = int(max(2, min(20, 0.1 / max(wall, 1e-9), 2000 / max(prof.n_ops or 1, 1))))
     events = _profiled_calls(fn, args, kwargs, dev, calls)
-    marks = [e for e in events if e.name == _MARK]
+    cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+    marks = [e for e in events if e.name == _MARK and e.device_type == cpu]
     top = _top_level_ops(events)
     n_calls = max(1, len(marks))
     marked = sum(e.time_range.elapsed_us() for e in marks)
     in_ops = sum(e.time_range.elapsed_us() for e in top)
     python_fraction = max(0.0, 1.0 - in_ops / marked) if marked > 0 else None
     if dev.type == "cuda":
-        device_events = [e for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+        # kernels, memcpys, memsets; not the GPU-timeline copy of our own record_function mark
+        device_events = [e for e in events if e.device_type == cuda and e.name != _MARK
+                         and not getattr(e, "is_user_annotation", False)]
         if device_events:
-            return _cuda_overhead(device_events, marks, wall, c.op_latency_s)
+            return _cuda_overhead(device_events, marks, wall, c.op_latency_s, c.kernel_latency_s)
         method = "dispatch model (no device events recorded)"
     else:
         method = "dispatch model"
@@ -173,7 +189,7 @@ def overhead(fn, *args, prof: Profile | None = None, device=None, ceilings=None,
                     per_launch_excess_s=per_launch)
 
 
-def _cuda_overhead(device_events, marks, wall, op_latency) -> Overhead:
+def _cuda_overhead(device_events, marks, wall, op_latency, kernel_latency) -> Overhead:
     intervals = [(e.time_range.start, e.time_range.end) for e in device_events]
     marks = sorted(marks, key=lambda e: e.time_range.start)
     n_calls = max(1, len(marks))
@@ -186,6 +202,12 @@ def _cuda_overhead(device_events, marks, wall, op_latency) -> Overhead:
         inside = [iv for iv in merged if starts[i] <= iv[0] < starts[i + 1]]
         gaps += [(b[0] - a[1]) * 1e-6 for a, b in zip(inside, inside[1:])]
     busy = busy_total / n_calls
-    fraction = min(1.0, max(0.0, 1.0 - busy / wall)) if wall > 0 else 0.0
+    idle = max(0.0, wall - busy)
+    fixed = 0.0
+    if kernel_latency:
+        fixed = sum(min((e - s) * 1e-6, kernel_latency) for s, e in intervals) / n_calls
+    fraction = min(1.0, (idle + fixed) / wall) if wall > 0 else 0.0
     return Overhead(method="profiler", wall_s=wall, fraction=fraction, launches=len(device_events) / n_calls,
-                    op_latency_s=op_latency, busy_s=busy, idle_gap_s=statistics.median(gaps) if gaps else None)
+                    op_latency_s=op_latency, busy_s=busy, idle_fraction=idle / wall if wall > 0 else 0.0,
+                    idle_gap_s=statistics.median(gaps) if gaps else None, fixed_kernel_s=fixed,
+                    kernel_latency_s=kernel_latency)

@@ -83,7 +83,7 @@ def plot_roofline(ceilings: Ceilings, items, path: str, title: str | None = None
     ax.set_ylabel("FLOP/s")
     ax.set_title(title or f"Roofline: {ceilings.name}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -181,3 +181,19 @@ def test_sdpa_counts_fused_attention_flops():
     c = count(torch.nn.functional.scaled_dot_product_attention, q, q, q)
     assert c.matmul_flops == 4 * 2 * 64 * 64 * 16
     assert math.isclose(c.bytes_min, 2 * q.nbytes)  # q passed three times: read once; output written
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_counts_see_hwattn_custom_op(causal):
+    flash = pytest.importorskip("hwattn.ops.flash")
+    from hwattn._runtime import interpreting
+    if not torch.cuda.is_available() and not interpreting():
+        pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    b, n, h, d = 1, 48, 2, 16
+    q, k, v = (torch.randn(b, n, h, d, device=device) for _ in range(3))
+    c = count(flash.flash_attention, q, k, v, causal=causal)
+    full = 4 * b * h * n * n * d
+    assert c.matmul_flops == (full // 2 if causal else full)
+    # Q, K, V read once; O and the float32 LSE (B, H, N) written
+    assert c.bytes_min == 3 * q.nbytes + q.nbytes + 4 * b * h * n

@@ -100,3 +100,52 @@ def test_python_only_work_is_overhead(cpu_ceilings):
 def test_bad_input(call, exc, match, cpu_ceilings):
     with pytest.raises(exc, match=match):
         call(cpu_ceilings)
+
+
+class _Range:
+    def __init__(self, start, end):
+        self.start, self.end = start, end
+
+    def elapsed_us(self):
+        return self.end - self.start
+
+
+class _Event:
+    def __init__(self, name, start, end, parent=None, device_type=None):
+        self.name, self.time_range, self.cpu_parent = name, _Range(start, end), parent
+        self.device_type = device_type if device_type is not None else torch.autograd.DeviceType.CPU
+
+
+def test_cuda_overhead_arithmetic_on_synthetic_events():
+    # the CUDA path cannot run here; check its arithmetic on profiler-like events (times in us)
+    from hwattn.diagnose._overhead import _cuda_overhead
+    cuda = torch.autograd.DeviceType.CUDA
+    marks = [_Event("hwattn.diagnose.call", 0, 50), _Event("hwattn.diagnose.call", 1000, 1050)]
+    # call 1: a 2 us kernel, a 5 us gap, a 100 us kernel; call 2: the same shifted by 1000 us
+    kernels = [_Event("k", t0 + s, t0 + e, device_type=cuda) for t0 in (0, 1000) for s, e in ((10, 12), (17, 117))]
+    o = _cuda_overhead(kernels, marks, wall=200e-6, op_latency=5e-6, kernel_latency=2e-6)
+    assert o.launches == 2 and o.busy_s == pytest.approx(102e-6)
+    assert o.idle_fraction == pytest.approx(98 / 200)
+    assert o.idle_gap_s == pytest.approx(5e-6)
+    assert o.fixed_kernel_s == pytest.approx(4e-6)           # min(2, 2) + min(100, 2)
+    assert o.fraction == pytest.approx((98 + 4) / 200)
+    assert o.overhead_bound and "GPU is idle" in o.evidence()
+    # a tiny-op loop on a fast host: the GPU is busy 80% of the time, but only with empty kernels
+    tiny = [_Event("k", 10 + 2.5 * i, 12 + 2.5 * i, device_type=cuda) for i in range(100)]
+    o = _cuda_overhead(tiny, marks[:1], wall=250e-6, op_latency=2.5e-6, kernel_latency=2e-6)
+    assert o.idle_fraction == pytest.approx(0.2) and o.fraction == pytest.approx(1.0)
+    # a big kernel: no overhead
+    o = _cuda_overhead([_Event("k", 3, 5003, device_type=cuda)], marks[:1], wall=5010e-6, op_latency=5e-6,
+                       kernel_latency=2e-6)
+    assert o.fraction < 0.01 and not o.overhead_bound
+
+
+def test_top_level_ops_look_through_autograd_functions():
+    from hwattn.diagnose._overhead import _top_level_ops
+    mark = _Event("hwattn.diagnose.call", 0, 100)
+    fn = _Event("FlashAttentionFunction", 1, 50, mark)
+    custom = _Event("hwattn::flash_fwd", 2, 49, fn)
+    inner = _Event("aten::empty", 3, 4, custom)
+    mm = _Event("aten::mm", 60, 90, mark)
+    outside = _Event("aten::add", 200, 210)
+    assert _top_level_ops([mark, fn, custom, inner, mm, outside]) == [custom, mm]
