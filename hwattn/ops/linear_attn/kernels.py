@@ -87,7 +87,7 @@ def _state_fwd_kernel(
     k, v, h, z, h0, z0, ht, zt,
     s_kb, s_kn, s_kh, s_vb, s_vn, s_vh,
     T, NC,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    H, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     FEATURE: tl.constexpr, NORMALIZE: tl.constexpr, USE_H0: tl.constexpr,
     STORE_ALL: tl.constexpr, STORE_FINAL: tl.constexpr, PREC: tl.constexpr,
@@ -148,7 +148,7 @@ def _output_fwd_kernel(
     q, k, v, h, z, o, den,
     s_qb, s_qn, s_qh, s_kb, s_kn, s_kh, s_vb, s_vn, s_vh, s_ob, s_on, s_oh,
     T, NC, eps,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    H, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     FEATURE: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, SAVE_DEN: tl.constexpr,
     F32: tl.constexpr, PREC: tl.constexpr,
@@ -214,7 +214,7 @@ def _bwd_dd_kernel(
     o, do, den, dd,
     s_ob, s_on, s_oh, s_db, s_dn, s_dh,
     T,
-    H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+    H, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
 ):
     """dd_t = dL/dden_t = -(dO_t . O_t) / den_t in fp32; one program per (chunk, b, h). dd: (B*H, T)."""
     i_c = tl.program_id(0).to(tl.int64)
@@ -239,7 +239,7 @@ def _state_bwd_kernel(
     q, do, den, dd, dh, dz, dht, dzt, dh0, dz0,
     s_qb, s_qn, s_qh, s_db, s_dn, s_dh,
     T, NC,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    H, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     FEATURE: tl.constexpr, NORMALIZE: tl.constexpr, USE_DHT: tl.constexpr,
     STORE_ALL: tl.constexpr, STORE_DH0: tl.constexpr, F32: tl.constexpr, PREC: tl.constexpr,
@@ -310,7 +310,7 @@ def _dqk_bwd_kernel(
     s_qb, s_qn, s_qh, s_kb, s_kn, s_kh, s_vb, s_vn, s_vh, s_db, s_dn, s_dh,
     s_dqb, s_dqn, s_dqh, s_dkb, s_dkn, s_dkh,
     T, NC,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    H, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     FEATURE: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr,
     DO_DQ: tl.constexpr, DO_DK: tl.constexpr, F32: tl.constexpr, PREC: tl.constexpr,
@@ -401,7 +401,7 @@ def _dv_bwd_kernel(
     q, k, do, den, dh, dv,
     s_qb, s_qn, s_qh, s_kb, s_kn, s_kh, s_db, s_dn, s_dh, s_vb, s_vn, s_vh,
     T, NC,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    H, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     FEATURE: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr,
     F32: tl.constexpr, PREC: tl.constexpr,
@@ -456,7 +456,7 @@ def _recurrent_fwd_kernel(
     q, k, v, o, h0, z0, ht, zt,
     s_qb, s_qn, s_qh, s_kb, s_kn, s_kh, s_vb, s_vn, s_vh, s_ob, s_on, s_oh,
     T, eps,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    H, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     FEATURE: tl.constexpr, NORMALIZE: tl.constexpr, USE_H0: tl.constexpr,
 ):
     """Token-by-token form for decoding: S += k v^T, z += k, o = q S / (q . z + eps), all fp32 in registers.

@@ -34,7 +34,7 @@ def _favor_fwd_kernel(
     x, w, f, offset,
     s_xb, s_xn, s_xh, s_fb, s_fn, s_fh,
     N, NB, data_scale, ratio, kernel_eps,
-    H: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
+    H, D: tl.constexpr, M: tl.constexpr,
     BN: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr,
     KIND: tl.constexpr, MODE: tl.constexpr, PREC: tl.constexpr,
 ):
@@ -84,7 +84,7 @@ def _favor_bwd_kernel(
     x, w, f, df, dx,
     s_xb, s_xn, s_xh, s_fb, s_fn, s_fh, s_gb, s_gn, s_gh, s_db, s_dn, s_dh,
     N, data_scale,
-    H: tl.constexpr, D: tl.constexpr, M: tl.constexpr,
+    H, D: tl.constexpr, M: tl.constexpr,
     BN: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr,
     KIND: tl.constexpr, PREC: tl.constexpr,
 ):
