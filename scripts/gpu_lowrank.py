@@ -267,6 +267,7 @@ def section_timings(rows, Ns, budget_end, skip_sdpa_above):
          (lambda q, k, v: chunk_linear_attn(q, k, v, scale=1.0, normalize=False)[0])),
         ("ours elu+1", lambda q, k, v: linear_attention(q, k, v, causal=True)),
         ("performer m=256", lambda q, k, v: performer_attention(q, k, v, w, causal=True)),
+        ("performer C=128", lambda q, k, v: performer_attention(q, k, v, w, causal=True, chunk_size=128)),
         ("sdpa flash causal", "sdpa"),
     ]
     for N in Ns:
@@ -341,7 +342,7 @@ def report(out, timing_rows):
         print(f"{name:18s} " + " ".join(f"{c:>19s}" for c in cells) + f"   {ef:.3f}/{eb:.3f}")
     print("\n=== ratios (< 1: ours faster) ===")
     for ours, theirs in (("ours norm", "fla norm"), ("ours nonorm", "fla nonorm"), ("ours elu+1", "fla norm"),
-                         ("performer m=256", "ours elu+1")):
+                         ("performer m=256", "ours elu+1"), ("performer C=128", "ours elu+1")):
         if ours in by and theirs in by:
             cells = []
             for n in Ns:

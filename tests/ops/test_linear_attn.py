@@ -49,7 +49,7 @@ def _check_against_naive(q, k, v, causal, feature_map="elu+1", normalize=True, c
 
 # B, N, H, D, Dv, chunk: N = 1, N not a multiple of the chunk, several chunks, odd head dims, Dv != D
 SHAPES = [(2, 37, 2, 16, 24, 16), (1, 1, 1, 16, 16, 64), (1, 70, 2, 24, 40, 64), (1, 100, 1, 32, 16, 32),
-          (1, 40, 1, 80, 136, 32)]  # the last: several Dk and Dv blocks per program
+          (1, 40, 1, 80, 136, 32), (1, 150, 1, 16, 16, 128)]  # 80x136: several Dk and Dv blocks per program
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ..._checks import check_bool, check_same, check_scale, check_tensor
 from ..._runtime import check_kernel_device
@@ -108,6 +109,7 @@ class _LinearAttentionFunction(torch.autograd.Function):
         return o, saved["ht"], saved["zt"]
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, do, dht, dzt):
         q, k, v, o, den, h, z = ctx.saved_tensors
         causal, normalize, feature, chunk_size = ctx.cfg

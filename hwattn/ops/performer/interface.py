@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ..._checks import check_bool, check_scale, check_tensor
 from ..._runtime import check_kernel_device
@@ -58,6 +59,7 @@ class _FavorFeatures(torch.autograd.Function):
         return f
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, df):
         x, w, f = ctx.saved_tensors
         if df.stride(-1) != 1:
@@ -149,7 +151,7 @@ def key_offset(k: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
 
 def performer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor,
                         causal: bool = False, kernel: str = "softmax", kernel_eps: float = DEFAULT_KERNEL_EPS,
-                        eps: float = DEFAULT_EPS) -> torch.Tensor:
+                        eps: float = DEFAULT_EPS, chunk_size: int = 64) -> torch.Tensor:
     """Performer attention (Choromanski et al. 2021): FAVOR+ features, then normalised linear attention.
 
         O = phi(Q) (phi(K)^T V) / (phi(Q) . sum phi(K))  ~  softmax(Q K^T / sqrt(D)) V     (causal: prefix sums)
@@ -163,6 +165,7 @@ def performer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proje
         kernel: "softmax" (FAVOR+, default) or "relu" (generalised attention with relu features).
         kernel_eps: added to ReLU features (default 1e-3).
         eps: added to the fp32 denominator (default 1e-12: positive features keep it > 0; eps only avoids 0/0).
+        chunk_size: the core's chunk length (16, 32, 64 or 128); see `linear_attention`.
 
     Returns:
         O (B, Nq, H, D) in q's dtype. Gradients flow to q, k, v (fused feature backward kernel + linear core).
@@ -177,5 +180,6 @@ def performer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proje
     _check_projection(projection, q.shape[3], q.device)
     qf, _ = favor_features(q, projection, True, kernel, kernel_eps)
     kf, _ = favor_features(k, projection, False, kernel, kernel_eps)
-    out = linear_attention(qf, kf, v.to(qf.dtype), causal=causal, feature_map=None, normalize=True, eps=eps)
+    out = linear_attention(qf, kf, v.to(qf.dtype), causal=causal, feature_map=None, normalize=True, eps=eps,
+                           chunk_size=chunk_size)
     return out.to(q.dtype)
