@@ -132,11 +132,11 @@ def _short_cpu() -> str:
     return device_name(torch.device("cpu")).split(" (")[0]
 
 
-def ceilings(device="cpu", refresh: bool = False, cache: bool = True, quick: bool = False) -> Ceilings:
+def ceilings(device=None, refresh: bool = False, cache: bool = True, quick: bool = False) -> Ceilings:
     """Measured ceilings of `device` ('cpu', 'cuda', 'cuda:N' or a torch.device), cached on disk.
 
     Args:
-        device: the device to measure; must exist (ValueError otherwise).
+        device: the device to measure; must exist (ValueError otherwise). None: cuda if available, else cpu.
         refresh: measure again even if a cache file exists.
         cache: read and write the cache file ($HWATTN_CACHE_DIR or ~/.cache/hwattn, one file per device
             name, torch and triton version, and on CPU the torch thread count).

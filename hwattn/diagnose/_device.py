@@ -11,11 +11,14 @@ __all__ = ["resolve_device", "device_of", "synchronize", "device_name", "slug"]
 
 
 def resolve_device(device) -> torch.device:
-    """'cpu', 'cuda', 'cuda:1' or a torch.device -> a torch.device that exists on this machine.
+    """'cpu', 'cuda', 'cuda:1', a torch.device, or None (cuda if available, else cpu) -> a torch.device
+    that exists on this machine.
 
     Raises TypeError for a non-str/non-device, ValueError for a string that does not parse, a device type
     other than cpu/cuda, or a CUDA device that is not there.
     """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if isinstance(device, torch.device):
         dev = device
     elif isinstance(device, str):

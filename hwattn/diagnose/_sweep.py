@@ -176,7 +176,7 @@ def _family(family, device, dtype, size):
     raise ValueError(family)
 
 
-def sweep(family="intensity", values=None, *, device="cpu", dtype: torch.dtype | None = None,
+def sweep(family="intensity", values=None, *, device=None, dtype: torch.dtype | None = None,
           size: int | None = None, ceilings=None, budget_s: float | None = None) -> Sweep:
     """Run an intensity sweep and say whether runtime follows compute, bytes, or neither.
 
@@ -184,7 +184,7 @@ def sweep(family="intensity", values=None, *, device="cpu", dtype: torch.dtype |
         family: "intensity" (FLOPs grow, bytes held), "bytes" (bytes grow, FLOPs held), "fma" (Horace He's
             repeated multiply-add in one Triton kernel), or a callable value -> (fn, args, flops, bytes).
         values: the knob per point (K for the matmul families, repeats for fma); defaults per family/device.
-        device: 'cpu' or 'cuda[:N]'.
+        device: 'cpu' or 'cuda[:N]' (default: cuda if available, else cpu).
         dtype: matmul dtype (default float32 on CPU, bfloat16 on CUDA).
         size: M = N for "intensity"; the cube root of FLOPs/2 for "bytes"; elements for "fma".
         ceilings: to print the ceilings' ridge point beside the measured knee (optional).

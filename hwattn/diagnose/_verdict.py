@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .._checks import check_bool
 from . import _format as fmt
 from ._device import device_of, resolve_device
 from ._ceilings import DTYPE_LABELS
@@ -110,6 +111,8 @@ def report(fn, *args, flops=None, bytes=None, name: str | None = None, device=No
     Returns a `Report` (profile, overhead, verdict).
     """
     check_callable("fn", fn)
+    check_bool("show", show)
+    check_bool("measure_overhead", measure_overhead)
     if plot is not None and not isinstance(plot, str):
         raise TypeError(f"plot must be a file path (str) or None, got {type(plot).__name__}")
     dev = device_of(args, kwargs, fn) if device is None else resolve_device(device)

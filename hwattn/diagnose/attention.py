@@ -184,7 +184,7 @@ def _available_bytes(device) -> int | None:
 
 def diagnose_attention(batch: int = 1, seqlen: int | None = None, heads: int | None = None,
                        head_dim: int | None = None, causal: bool = False, dtype: torch.dtype | None = None,
-                       impls=IMPLS, device="cpu", ceilings=None, block_m: int = 128, block_n: int = 64,
+                       impls=IMPLS, device=None, ceilings=None, block_m: int = 128, block_n: int = 64,
                        show: bool = True, plot: str | None = None, measure: bool = True) -> AttentionDiagnosis:
     """The attention IO model, and each implementation measured and judged on the device's roofline.
 
@@ -193,10 +193,15 @@ def diagnose_attention(batch: int = 1, seqlen: int | None = None, heads: int | N
     scaled_dot_product_attention, (B, H, N, D) layout, best available backend). Defaults: CUDA: seqlen
     16384, heads 16, head_dim 128, bfloat16; CPU: 1024, 4, 64, float32. An impl that cannot run (missing,
     too large for free memory, too slow in the interpreter) is skipped with the reason; one that raises is
-    reported as failed, the others still run. measure=False prints only the model.
+    reported as failed, the others still run. measure=False prints only the model. device: default cuda if
+    available, else cpu. plot: path of a roofline PNG (measured points and the model's).
     Returns an `AttentionDiagnosis` (model, reports, skipped, errors).
     """
     dev = resolve_device(device)
+    check_bool("show", show)
+    check_bool("measure", measure)
+    if plot is not None and (not isinstance(plot, str) or not plot):
+        raise TypeError(f"plot must be a file path (str) or None, got {plot!r}")
     cuda = dev.type == "cuda"
     seqlen = seqlen if seqlen is not None else (16384 if cuda else 1024)
     heads = heads if heads is not None else (16 if cuda else 4)
@@ -246,7 +251,7 @@ def _run_impl(diag, impl, q, k, v, causal, dev, c):
     elif impl == "hwattn":
         try:
             from ..ops.flash import flash_attention
-        except ImportError as e:
+        except Exception as e:  # absent, or broken on this Triton: skip it, run the others
             diag.skipped[impl] = f"hwattn.ops.flash is not importable ({e})"
             return
         from .._runtime import interpreting

@@ -31,8 +31,8 @@ def _tiny_loop(x, iterations: int = 200):
     return x
 
 
-def labelled_suite(device="cpu") -> list:
-    """The suite's cases for `device` (fresh random inputs each call)."""
+def labelled_suite(device=None) -> list:
+    """The suite's cases for `device` (default: cuda if available, else cpu; fresh random inputs each call)."""
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
     gen = torch.Generator(device=dev).manual_seed(torch.seed() % 2**31)
@@ -52,11 +52,13 @@ def labelled_suite(device="cpu") -> list:
     ]
 
 
-def run_suite(device="cpu", ceilings=None, show: bool = True, budget_s: float | None = None):
+def run_suite(device=None, ceilings=None, show: bool = True, budget_s: float | None = None):
     """Diagnose every case of the labelled suite. Returns [(case, report, verdict_is_right)]."""
     from ._profile import _check_ceilings
     from ._verdict import report
+    from .._checks import check_bool
     dev = resolve_device(device)
+    check_bool("show", show)
     c = _check_ceilings(ceilings, dev)
     results = []
     for case in labelled_suite(dev):

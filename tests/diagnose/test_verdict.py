@@ -149,3 +149,19 @@ def test_top_level_ops_look_through_autograd_functions():
     mm = _Event("aten::mm", 60, 90, mark)
     outside = _Event("aten::add", 200, 210)
     assert _top_level_ops([mark, fn, custom, inner, mm, outside]) == [custom, mm]
+
+
+def test_more_bad_input(cpu_ceilings):
+    from hwattn.diagnose import diagnose_attention, plot_roofline
+    with pytest.raises(TypeError, match="show"):
+        report(torch.neg, torch.ones(2), ceilings=cpu_ceilings, show="no")
+    with pytest.raises(TypeError, match="show"):
+        run_suite("cpu", cpu_ceilings, show=1)
+    with pytest.raises(TypeError, match="plot"):
+        diagnose_attention(1, 16, 1, 8, device="cpu", ceilings=cpu_ceilings, plot=5)
+    with pytest.raises(ValueError, match="impls"):
+        diagnose_attention(1, 16, 1, 8, device="cpu", ceilings=cpu_ceilings, impls="naive,flash2")
+    with pytest.raises(TypeError, match="items"):
+        plot_roofline(cpu_ceilings, ["softmax"], "x.png")
+    with pytest.raises(TypeError, match="ceilings"):
+        plot_roofline({"bandwidth": 1}, [], "x.png")
