@@ -24,7 +24,6 @@ The same CPU model is the fallback on CUDA when the profiler records no device a
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import asdict, dataclass
 
 import torch

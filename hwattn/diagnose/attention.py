@@ -160,7 +160,6 @@ class AttentionDiagnosis:
     ceilings: object = None
 
     def print(self, console=None):
-        from ._verdict import Report  # noqa: F401
         console = console or fmt.console()
         console.print(self.model.table(self.ceilings))
         if self.reports:
