@@ -39,8 +39,12 @@ def _flex(q, k, v, causal):
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     # every new shape is a recompile; the default limit (8) silently falls back to eager after that
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 1000)
+    # the compiled backward donates buffers, which forbids the retain_graph=True that timing bwd alone needs
+    import torch._functorch.config
+    torch._functorch.config.donated_buffer = False
     if _flex_compiled is None:
-        _flex_compiled = torch.compile(flex_attention)
+        # static shapes: one specialised kernel per N, as a user running one length gets
+        _flex_compiled = torch.compile(flex_attention, dynamic=False)
     qh, kh, vh = (x.transpose(1, 2).contiguous().detach().requires_grad_(x.requires_grad) for x in (q, k, v))
     n_q, n_k = q.shape[1], k.shape[1]
     block_mask = None

@@ -35,16 +35,17 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, lo,
             kt = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
         else:
             kt = tl.load(k_ptrs)
-        qk = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
+        qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
         if MASKED:
             qk = tl.where(visible(rows[:, None], cols[None, :], n_q, n_k, CAUSAL), qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             # a row with nothing visible yet keeps m = -inf; subtract 0 instead to avoid inf - inf
             m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
         else:
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             m_sub = m_new
-        p = tl.math.exp2(qk - m_sub[:, None])
+        # scale and max subtraction in one FMA per score (qk_scale > 0, so max commutes with it)
+        p = tl.math.exp2(qk * qk_scale - m_sub[:, None])
         alpha = tl.math.exp2(m_i - m_sub)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]

@@ -106,7 +106,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
         v: (B, Nk, Hkv, D) values.
         causal: mask the future, aligned bottom-right when Nq != Nk (as flash_attn >= 2.1): query i sees
             key j iff j <= i + Nk - Nq. Query rows that see no key (Nq > Nk) output zeros, with zero grads.
-        softmax_scale: scale of QK^T before the softmax; default 1/sqrt(D).
+        softmax_scale: scale of QK^T before the softmax, > 0; default 1/sqrt(D).
         return_lse: also return the log-sum-exp of the scaled scores, natural log, (B, Hq, Nq) float32
             (-inf for rows that see no key). Not differentiable.
 
@@ -126,6 +126,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     check_kernel_device("flash_attention", q, k, v)
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
+    elif softmax_scale <= 0:
+        raise ValueError(f"softmax_scale must be > 0, got {softmax_scale}")
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     out, lse2 = FlashAttentionFunction.apply(q, k, v, causal, softmax_scale)
     if not return_lse:
