@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 
 def rate(x: float | None, unit: str) -> str:
@@ -41,13 +42,63 @@ def intensity(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _has_rich() -> bool:
+    try:
+        import rich  # noqa: F401
+        return True
+    except ImportError:  # e.g. a bare GPU image: plain text instead
+        return False
+
+
 def _escape(text: str) -> str:
+    if not _has_rich():
+        return text
     from rich.markup import escape
     return escape(text)
 
 
+_MARKUP = re.compile(r"\[/?[a-z ]+\]")
+
+
+class _PlainTable:
+    """The subset of rich.table.Table used here, rendered as aligned plain text."""
+
+    def __init__(self, title: str = ""):
+        self.title, self.columns, self.rows, self.right = title, [], [], []
+
+    def add_column(self, name: str, justify: str = "left"):
+        self.columns.append(name)
+        self.right.append(justify == "right")
+
+    def add_row(self, *cells):
+        self.rows.append([_MARKUP.sub("", str(c)) for c in cells])
+
+    def __str__(self) -> str:
+        widths = [max([len(c)] + [len(r[i]) for r in self.rows]) for i, c in enumerate(self.columns)]
+        def line(cells):
+            return "  ".join(c.rjust(w) if right else c.ljust(w) for c, w, right in zip(cells, widths, self.right))
+        return "\n".join([self.title, line(self.columns), line(["-" * w for w in widths])] +
+                         [line(r) for r in self.rows])
+
+
+class _PlainConsole:
+    def print(self, obj="", *args, **kwargs):
+        print(_MARKUP.sub("", str(obj)))
+
+
+def Table(title: str = ""):
+    """A rich Table, or a plain-text stand-in when rich is not installed."""
+    if _has_rich():
+        from rich.table import Table as RichTable
+        return RichTable(title=title)
+    return _PlainTable(title)
+
+
 def console():
-    """A rich console at least 140 columns wide (rich falls back to 80 when output is not a terminal)."""
+    """A rich console at least 140 columns wide (rich falls back to 80 when output is not a terminal), or a
+    plain-text one when rich is not installed."""
+    if not _has_rich():
+        return _PlainConsole()
     from rich.console import Console
     c = Console()
     if c.width < 140:
@@ -56,8 +107,6 @@ def console():
 
 
 def ceilings_table(c):
-    from rich.table import Table
-
     from ._ceilings import DTYPE_LABELS
     t = Table(title=f"Measured ceilings: {c.name} ({c.device})" + ("  (from cache)" if c.from_cache else ""))
     t.add_column("what")
@@ -75,7 +124,6 @@ def ceilings_table(c):
 
 
 def reports_table(reports, title: str = "hwattn diagnose"):
-    from rich.table import Table
     t = Table(title=title)
     for col, just in (("op", "left"), ("time", "right"), ("FLOP/s", "right"), ("B/s", "right"),
                       ("FLOP/byte", "right"), ("ridge", "right"), ("% of roofline", "right"),

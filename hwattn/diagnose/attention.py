@@ -70,11 +70,10 @@ class AttentionModel:
         return self.tiled_min if l2_bytes and kv_head <= l2_bytes // 2 else self.tiled
 
     def table(self, ceilings=None):
-        from rich.table import Table
         shape = (f"B={self.batch} Nq={self.seqlen_q} Nk={self.seqlen_k} H={self.heads}"
                  f"{f' Hkv={self.kv_heads}' if self.kv_heads != self.heads else ''} D={self.head_dim} "
                  f"{'causal ' if self.causal else ''}{str(self.dtype).replace('torch.', '')}")
-        t = Table(title=f"Attention IO model: {shape}")
+        t = fmt.Table(title=f"Attention IO model: {shape}")
         for col in ("", "FLOPs", "memory traffic", "FLOP/byte"):
             t.add_column(col, justify="right" if col else "left")
         if ceilings is not None:
@@ -230,8 +229,11 @@ def diagnose_attention(batch: int = 1, seqlen: int | None = None, heads: int | N
         peak, _ = c.peak(dtype)
         for short, cost in (("naive", model.naive), ("tiled", model.tiled), ("tiled floor", model.tiled_min)):
             pts.append(ModelPoint(f"model: {short}", cost.intensity, min(peak, cost.intensity * c.bandwidth)))
-        plot_roofline(c, pts, plot, title=f"Attention on {c.name}: B={batch} N={seqlen} H={heads} D={head_dim}"
-                      f"{' causal' if causal else ''}")
+        try:
+            plot_roofline(c, pts, plot, title=f"Attention on {c.name}: B={batch} N={seqlen} H={heads} "
+                          f"D={head_dim}{' causal' if causal else ''}")
+        except ImportError as e:  # no matplotlib here: keep the measurements
+            diag.errors["plot"] = f"no roofline PNG: {e}"
     return diag
 
 

@@ -228,8 +228,7 @@ def _main(args) -> int:
                 raise ValueError(f"--values {args.values!r} does not parse: comma-separated numbers, e.g. 1,2,4")
         dtype = parse_dtype(args.dtype) if args.dtype else None
         s = sweep(args.family, values, device=device, dtype=dtype, size=args.size, ceilings=ceilings(device))
-        from rich.table import Table
-        t = Table(title=f"{s.family} sweep on {device}")
+        t = fmt.Table(title=f"{s.family} sweep on {device}")
         for col in ("value", "FLOPs", "bytes", "FLOP/byte", "time", "runtime follows (from previous)"):
             t.add_column(col, justify="right")
         labels = [""] + [f"{seg.follows} (x{seg.end.time_s / seg.start.time_s:.2g})" for seg in s.segments]

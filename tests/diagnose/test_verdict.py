@@ -165,3 +165,20 @@ def test_more_bad_input(cpu_ceilings):
         plot_roofline(cpu_ceilings, ["softmax"], "x.png")
     with pytest.raises(TypeError, match="ceilings"):
         plot_roofline({"bandwidth": 1}, [], "x.png")
+
+
+def test_works_without_rich_and_matplotlib(monkeypatch, cpu_ceilings, capsys, tmp_path):
+    # a bare GPU image may lack both: plain-text tables, and measurements survive a failed plot
+    from hwattn.diagnose import _format, diagnose_attention, roofline
+    monkeypatch.setattr(_format, "_has_rich", lambda: False)
+    rep = report(torch.softmax, torch.randn(64, 64), dim=-1, ceilings=cpu_ceilings, budget_s=0.01)
+    out = capsys.readouterr().out
+    assert "verdict" in out and rep.verdict.label in out and "[bold]" not in out
+
+    def no_matplotlib(*args, **kwargs):
+        raise ImportError("No module named 'matplotlib'")
+    monkeypatch.setattr(roofline, "plot_roofline", no_matplotlib)
+    diag = diagnose_attention(1, 32, 1, 8, impls="naive", device="cpu", ceilings=cpu_ceilings,
+                              plot=str(tmp_path / "a.png"))
+    assert "naive" in diag.reports and "matplotlib" in diag.errors["plot"]
+    assert "Attention IO model" in capsys.readouterr().out
