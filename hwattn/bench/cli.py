@@ -38,7 +38,7 @@ def main(args) -> int:
 
     from .attention import ALL_PROVIDERS, Config, geomean, plot, run_one, write_csv
 
-    console = Console()
+    console = Console(width=None if Console().is_terminal else 130)
     providers = ALL_PROVIDERS if args.providers == "all" else [p.strip() for p in args.providers.split(",")]
     bad = [p for p in providers if p not in ALL_PROVIDERS]
     if bad:
