@@ -46,7 +46,7 @@ class Overhead:
     launches: device kernels/memcpys (CUDA) or top-level torch ops (CPU) per call.
     busy_s / idle_fraction / idle_gap_s: CUDA only: device busy time, share of wall time the device is
         idle, median idle gap between device intervals; fixed_kernel_s: the kernels' fixed cost.
-    python_fraction: share of profiled wall time spent outside torch ops (in Python).
+    python_fraction: share of profiled wall time spent outside torch ops (in Python), median over calls.
     work_s / per_launch_excess_s: CPU model only.
     """
     method: str
@@ -106,9 +106,10 @@ def _profiled_calls(fn, args, kwargs, device, calls):
     return prof.events()
 
 
-def _top_level_ops(events):
+def _top_level_ops(events, with_marks: bool = False):
     """Torch ops (names with '::': aten::mm, hwattn::flash_fwd) called directly from a marked call, not
-    from inside another op; autograd.Function and Python-level records in between are looked through."""
+    from inside another op; autograd.Function and Python-level records in between are looked through.
+    with_marks: return (op, its mark) pairs."""
     top = []
     for e in events:
         if "::" not in e.name or e.device_type != torch.autograd.DeviceType.CPU:
@@ -117,8 +118,19 @@ def _top_level_ops(events):
         while a is not None and a.name != _MARK and "::" not in a.name:
             a = a.cpu_parent
         if a is not None and a.name == _MARK:
-            top.append(e)
+            top.append((e, a) if with_marks else e)
     return top
+
+
+def _python_fraction(marks, top_with_marks):
+    """Median over calls of the share of a call's time outside torch ops (a median: one call preempted by
+    another process must not make a big op look like Python)."""
+    in_ops = {}
+    for op, mark in top_with_marks:
+        in_ops[id(mark)] = in_ops.get(id(mark), 0.0) + op.time_range.elapsed_us()
+    shares = [max(0.0, 1.0 - in_ops.get(id(m), 0.0) / m.time_range.elapsed_us())
+              for m in marks if m.time_range.elapsed_us() > 0]
+    return statistics.median(shares) if shares else None
 
 
 def _merge(intervals):
@@ -158,11 +170,9 @@ def overhead(fn, *args, prof: Profile | None = None, device=None, ceilings=None,
     events = _profiled_calls(fn, args, kwargs, dev, calls)
     cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
     marks = [e for e in events if e.name == _MARK and e.device_type == cpu]
-    top = _top_level_ops(events)
+    top_with_marks = _top_level_ops(events, with_marks=True)
     n_calls = max(1, len(marks))
-    marked = sum(e.time_range.elapsed_us() for e in marks)
-    in_ops = sum(e.time_range.elapsed_us() for e in top)
-    python_fraction = max(0.0, 1.0 - in_ops / marked) if marked > 0 else None
+    python_fraction = _python_fraction(marks, top_with_marks)
     if dev.type == "cuda":
         # kernels, memcpys, memsets; not the GPU-timeline copy of our own record_function mark
         device_events = [e for e in events if e.device_type == cuda and e.name != _MARK
@@ -172,7 +182,7 @@ def overhead(fn, *args, prof: Profile | None = None, device=None, ceilings=None,
         method = "dispatch model (no device events recorded)"
     else:
         method = "dispatch model"
-    launches = len(top) / n_calls
+    launches = len(top_with_marks) / n_calls
     work = prof.work_time_s
     excess = max(0.0, wall - work)
     if launches < 1:

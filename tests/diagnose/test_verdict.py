@@ -182,3 +182,11 @@ def test_works_without_rich_and_matplotlib(monkeypatch, cpu_ceilings, capsys, tm
                               plot=str(tmp_path / "a.png"))
     assert "naive" in diag.reports and "matplotlib" in diag.errors["plot"]
     assert "Attention IO model" in capsys.readouterr().out
+
+
+def test_python_fraction_is_a_median_over_calls():
+    from hwattn.diagnose._overhead import _python_fraction, _top_level_ops
+    marks = [_Event("hwattn.diagnose.call", s, s + d) for s, d in ((0, 100), (200, 100), (400, 5000))]
+    ops = [_Event("aten::mm", m.time_range.start + 1, m.time_range.start + 96, m) for m in marks]
+    # the third call was preempted for 4.9 ms outside its op: the median ignores it
+    assert _python_fraction(marks, _top_level_ops(marks + ops, with_marks=True)) == pytest.approx(0.05)
