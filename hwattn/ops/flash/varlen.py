@@ -1,0 +1,417 @@
+"""Packed variable-length batches (flash_attn's varlen layout) on the exact kernel's inner loops.
+
+Sequences are concatenated along the token axis: q is (total_q, Hq, D), k/v (total_k, Hkv, D), and
+sequence b owns rows [cu_seqlens_q[b], cu_seqlens_q[b + 1]) of q and [cu_seqlens_k[b], cu_seqlens_k[b + 1])
+of k/v. No padding is stored or computed.
+
+The kernels here only do the per-sequence bookkeeping (where a sequence starts, how long it is; programs
+past a sequence's end exit at once) and then call the same `_fwd_inner`, `_dkdv_inner`, `_dq_inner`,
+`kv_block_bounds`, `q_block_bounds` as the dense kernel: with the same block sizes a sequence gives
+bit-for-bit the numbers of a dense call on that sequence alone.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ..._checks import check_bool, check_same, check_scale, check_tensor
+from ..._runtime import check_kernel_device, interpreting
+from .backward import _bwd_preprocess, _dkdv_inner, _dq_inner
+from .common import LN2, LOG2E, kv_block_bounds, q_block_bounds
+from .configs import autotune_enabled, autotuned, configs, fixed_config
+from .forward import _fwd_inner, dot_precision, seq_bucket
+from .interface import MAX_HEAD_DIM, SUPPORTED_DTYPES
+
+__all__ = ["flash_attention_varlen"]
+
+
+@triton.jit
+def _varlen_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
+                       stride_qm, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_om, stride_oh,
+                       total_q, num_heads, group_size, qk_scale, max_seqlen_q, seq_bucket,
+                       CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """The dense forward kernel with the batch index replaced by a sequence: grid (query blocks of the
+    longest sequence, sequences * heads); programs past their sequence's end return at once."""
+    if CAUSAL:
+        # longest-running blocks first, as in the dense kernel
+        pid_m = tl.cdiv(max_seqlen_q, BLOCK_M) - 1 - tl.program_id(0)
+    else:
+        pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // num_heads
+    h = pid_bh % num_heads
+    q_start = tl.load(CU_Q + b)
+    n_q = tl.load(CU_Q + b + 1) - q_start
+    start_m = pid_m * BLOCK_M
+    if start_m >= n_q:
+        return
+    k_start = tl.load(CU_K + b)
+    n_k = tl.load(CU_K + b + 1) - k_start
+    h_kv = h // group_size
+
+    q_base = Q + (q_start + start_m).to(tl.int64) * stride_qm + h.to(tl.int64) * stride_qh
+    k_base = K + k_start.to(tl.int64) * stride_kn + h_kv.to(tl.int64) * stride_kh
+    v_base = V + k_start.to(tl.int64) * stride_vn + h_kv.to(tl.int64) * stride_vh
+    o_base = O + (q_start + start_m).to(tl.int64) * stride_om + h.to(tl.int64) * stride_oh
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    rows = start_m + offs_m
+    row_ok = rows < n_q
+    d_ok = offs_d < HEAD_DIM
+    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :],
+                other=0.0)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    full_hi, hi = kv_block_bounds(start_m, n_q, n_k, CAUSAL, BLOCK_M, BLOCK_N)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, 0, full_hi,
+                               n_q, n_k, qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, full_hi, hi,
+                               n_q, n_k, qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION)
+
+    has_keys = l_i > 0.0
+    l_safe = tl.where(has_keys, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    lse = tl.where(has_keys, m_i + tl.math.log2(l_safe), float("inf"))  # +inf: recomputed P is exactly 0
+    # LSE is (heads, total_q), flash_attn's varlen layout
+    tl.store(LSE + h.to(tl.int64) * total_q + q_start + rows, lse, mask=row_ok)
+    tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :], out.to(O.dtype.element_ty),
+             mask=row_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _varlen_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K,
+                        stride_qm, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_dom, stride_doh,
+                        stride_dkn, stride_dkh, stride_dvn, stride_dvh,
+                        total_q, num_kv_heads, group_size, qk_scale, softmax_scale, seq_bucket,
+                        CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // num_kv_heads
+    h_kv = pid_bh % num_kv_heads
+    k_start = tl.load(CU_K + b)
+    n_k = tl.load(CU_K + b + 1) - k_start
+    start_n = pid_n * BLOCK_N
+    if start_n >= n_k:
+        return
+    q_start = tl.load(CU_Q + b)
+    n_q = tl.load(CU_Q + b + 1) - q_start
+
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    cols = start_n + offs_n
+    kv_mask = (cols[:, None] < n_k) & (offs_d[None, :] < HEAD_DIM)
+    first_key = (k_start + start_n).to(tl.int64)
+    k_base = K + first_key * stride_kn + h_kv.to(tl.int64) * stride_kh
+    v_base = V + first_key * stride_vn + h_kv.to(tl.int64) * stride_vh
+    k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+    lo, full_lo = q_block_bounds(start_n, n_q, n_k, CAUSAL, BLOCK_M, BLOCK_N)
+    for g in range(0, group_size):
+        h = h_kv * group_size + g
+        q_base = Q + q_start.to(tl.int64) * stride_qm + h.to(tl.int64) * stride_qh
+        do_base = DO + q_start.to(tl.int64) * stride_dom + h.to(tl.int64) * stride_doh
+        row_base = h.to(tl.int64) * total_q + q_start
+        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qm,
+                             stride_dom, cols, lo, full_lo, n_q, n_k, qk_scale,
+                             BLOCK_M, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION)
+        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qm,
+                             stride_dom, cols, full_lo, n_q, n_q, n_k, qk_scale,
+                             BLOCK_M, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION)
+
+    dk = dk * softmax_scale
+    dk_base = DK + first_key * stride_dkn + h_kv.to(tl.int64) * stride_dkh
+    dv_base = DV + first_key * stride_dvn + h_kv.to(tl.int64) * stride_dvh
+    tl.store(dk_base + offs_n[:, None] * stride_dkn + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(dv_base + offs_n[:, None] * stride_dvn + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _varlen_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
+                      stride_qm, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_dom, stride_doh,
+                      stride_dqm, stride_dqh,
+                      total_q, num_heads, group_size, qk_scale, softmax_scale, max_seqlen_q, seq_bucket,
+                      CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    if CAUSAL:
+        pid_m = tl.cdiv(max_seqlen_q, BLOCK_M) - 1 - tl.program_id(0)
+    else:
+        pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // num_heads
+    h = pid_bh % num_heads
+    q_start = tl.load(CU_Q + b)
+    n_q = tl.load(CU_Q + b + 1) - q_start
+    start_m = pid_m * BLOCK_M
+    if start_m >= n_q:
+        return
+    k_start = tl.load(CU_K + b)
+    n_k = tl.load(CU_K + b + 1) - k_start
+    h_kv = h // group_size
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    rows = start_m + offs_m
+    row_ok = rows < n_q
+    mask = row_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
+    first_row = (q_start + start_m).to(tl.int64)
+    q = tl.load(Q + first_row * stride_qm + h.to(tl.int64) * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+                mask=mask, other=0.0)
+    do = tl.load(DO + first_row * stride_dom + h.to(tl.int64) * stride_doh + offs_m[:, None] * stride_dom
+                 + offs_d[None, :], mask=mask, other=0.0)
+    row_base = h.to(tl.int64) * total_q + q_start
+    lse = tl.load(LSE + row_base + rows, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
+    k_base = K + k_start.to(tl.int64) * stride_kn + h_kv.to(tl.int64) * stride_kh
+    v_base = V + k_start.to(tl.int64) * stride_vn + h_kv.to(tl.int64) * stride_vh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    full_hi, hi = kv_block_bounds(start_m, n_q, n_k, CAUSAL, BLOCK_M, BLOCK_N)
+    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, 0, full_hi, n_q, n_k,
+                   qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION)
+    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, full_hi, hi, n_q, n_k,
+                   qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION)
+    dq = dq * softmax_scale
+    tl.store(DQ + first_row * stride_dqm + h.to(tl.int64) * stride_dqh + offs_m[:, None] * stride_dqm
+             + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=mask)
+
+
+# Same config tables and autotune keys as the dense kernels (the key names are kernel arguments here too).
+_fwd_autotuned = None if interpreting() else autotuned(_varlen_fwd_kernel, lambda: configs("fwd"))
+_dkdv_autotuned = None if interpreting() else autotuned(_varlen_dkdv_kernel, lambda: configs("dkdv"))
+_dq_autotuned = None if interpreting() else autotuned(_varlen_dq_kernel, lambda: configs("dq"))
+
+
+def _launch(kernel, tuned, kind, grid_of, args, meta, head_dim, dtype):
+    if tuned is None or not autotune_enabled():
+        cfg = fixed_config(kind, head_dim, dtype)
+        kernel[grid_of(cfg)](*args, **meta, **cfg)
+    else:
+        tuned[grid_of](*args, **meta)
+
+
+def varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int, causal: bool,
+               softmax_scale: float):
+    """q (total_q, Hq, D), k/v (total_k, Hkv, D), last dim contiguous, inputs already validated.
+    Returns O like q (contiguous) and the log2-domain LSE (Hq, total_q) float32, +inf on rows that see no key."""
+    total_q, n_heads, head_dim = q.shape
+    n_kv_heads = k.shape[1]
+    batch = cu_seqlens_q.numel() - 1
+    o = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    lse = torch.empty((n_heads, total_q), device=q.device, dtype=torch.float32)
+    if total_q == 0 or max_seqlen_q == 0:
+        return o, lse
+    args = (q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
+            total_q, n_heads, n_heads // n_kv_heads, softmax_scale * LOG2E, max_seqlen_q,
+            seq_bucket(max(max_seqlen_q, max_seqlen_k)))
+    meta = dict(CAUSAL=causal, HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+                DOT_PRECISION=dot_precision(q.dtype))
+    _launch(_varlen_fwd_kernel, _fwd_autotuned, "fwd",
+            lambda cfg: (triton.cdiv(max_seqlen_q, cfg["BLOCK_M"]), batch * n_heads), args, meta, head_dim, q.dtype)
+    return o, lse
+
+
+def varlen_bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int,
+               causal: bool, softmax_scale: float):
+    """Gradients of varlen_fwd (lse is its log2-domain LSE). Returns dq, dk, dv (contiguous)."""
+    total_q, n_heads, head_dim = q.shape
+    n_kv_heads = k.shape[1]
+    batch = cu_seqlens_q.numel() - 1
+    dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    dk = torch.empty(k.shape, device=k.device, dtype=k.dtype)
+    dv = torch.empty(v.shape, device=v.device, dtype=v.dtype)
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    delta = torch.empty_like(lse)
+    if total_q > 0:
+        # the dense preprocess kernel, seeing the packed tokens as one batch of total_q rows: it writes
+        # delta in the same (heads, total_q) layout as the LSE
+        pre_block = 64
+        _bwd_preprocess[(triton.cdiv(total_q, pre_block), n_heads)](
+            o, do, delta, 0, o.stride(0), o.stride(1), 0, do.stride(0), do.stride(1),
+            total_q, n_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block)
+    qk_scale = softmax_scale * LOG2E
+    bucket = seq_bucket(max(max_seqlen_q, max_seqlen_k))
+    meta = dict(CAUSAL=causal, HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype))
+    common = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+              do.stride(0), do.stride(1))
+    if k.shape[0] > 0 and max_seqlen_k > 0:
+        dkdv_args = (q, k, v, do, lse, delta, dk, dv, cu_seqlens_q, cu_seqlens_k, *common,
+                     dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+                     total_q, n_kv_heads, n_heads // n_kv_heads, qk_scale, softmax_scale, bucket)
+        _launch(_varlen_dkdv_kernel, _dkdv_autotuned, "dkdv",
+                lambda cfg: (triton.cdiv(max_seqlen_k, cfg["BLOCK_N"]), batch * n_kv_heads),
+                dkdv_args, meta, head_dim, q.dtype)
+    if total_q > 0 and max_seqlen_q > 0:
+        dq_args = (q, k, v, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, *common, dq.stride(0), dq.stride(1),
+                   total_q, n_heads, n_heads // n_kv_heads, qk_scale, softmax_scale, max_seqlen_q, bucket)
+        _launch(_varlen_dq_kernel, _dq_autotuned, "dq",
+                lambda cfg: (triton.cdiv(max_seqlen_q, cfg["BLOCK_M"]), batch * n_heads),
+                dq_args, meta, head_dim, q.dtype)
+    return dq, dk, dv
+
+
+# Custom ops, as for the dense kernel: torch.compile sees opaque calls, not Triton launches.
+@torch.library.custom_op("hwattn::flash_varlen_fwd", mutates_args=())
+def _varlen_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                   cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool,
+                   softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale)
+
+
+@_varlen_fwd_op.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale):
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32))
+
+
+@torch.library.custom_op("hwattn::flash_varlen_bwd", mutates_args=())
+def _varlen_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+                   lse: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, max_seqlen_q: int,
+                   max_seqlen_k: int, causal: bool, softmax_scale: float
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return varlen_bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                      softmax_scale)
+
+
+@_varlen_bwd_op.register_fake
+def _(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale):
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            torch.empty_like(k, memory_format=torch.contiguous_format),
+            torch.empty_like(v, memory_format=torch.contiguous_format))
+
+
+class FlashAttentionVarlenFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale):
+        o, lse = _varlen_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                                softmax_scale)
+        ctx.save_for_backward(q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k)
+        ctx.args = (max_seqlen_q, max_seqlen_k, causal, softmax_scale)
+        ctx.mark_non_differentiable(lse)
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, do, _dlse):
+        q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
+        if do.stride(-1) != 1:
+            do = do.contiguous()
+        dq, dk, dv = _varlen_bwd_op(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, *ctx.args)
+        return dq, dk, dv, None, None, None, None, None, None
+
+
+_LAYOUT = "(total_tokens, heads, head_dim)"
+
+
+def _check_max_seqlen(name: str, value, actual: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < actual:
+        raise ValueError(f"{name} ({value}) is smaller than the longest sequence in the batch ({actual}); it must "
+                         "be >= every length in the cu_seqlens")
+    return value
+
+
+def _check_cu_seqlens(q, k, cu_seqlens_q, cu_seqlens_k) -> tuple[int, int]:
+    """Validates the offsets and returns the longest q and k sequence lengths (one device->host copy)."""
+    for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        check_tensor(name, cu, 1, (torch.int32,), "(batch + 1,)")
+        if cu.device != q.device:
+            raise ValueError(f"{name} is on {cu.device} but q is on {q.device}; they must share one device")
+        if cu.numel() < 2:
+            raise ValueError(f"{name} must hold batch + 1 >= 2 offsets, got {cu.numel()}")
+    if cu_seqlens_q.numel() != cu_seqlens_k.numel():
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, got "
+                         f"{cu_seqlens_q.numel() - 1} and {cu_seqlens_k.numel() - 1}")
+    host = torch.cat([cu_seqlens_q, cu_seqlens_k]).cpu().long()
+    longest = []
+    for name, cu, total, tensor_name in ((("cu_seqlens_q", host[:cu_seqlens_q.numel()], q.shape[0], "q")),
+                                         (("cu_seqlens_k", host[cu_seqlens_q.numel():], k.shape[0], "k/v"))):
+        if int(cu[0]) != 0:
+            raise ValueError(f"{name} must start at 0, got {int(cu[0])}")
+        lengths = cu[1:] - cu[:-1]
+        if (lengths < 0).any():
+            i = int(torch.nonzero(lengths < 0)[0])
+            raise ValueError(f"{name} must be non-decreasing, got {int(cu[i])} then {int(cu[i + 1])} at "
+                             f"positions {i}, {i + 1}")
+        if int(cu[-1]) != total:
+            raise ValueError(f"{name} must end at the number of {tensor_name} tokens ({total}), got {int(cu[-1])}")
+        longest.append(int(lengths.max()))
+    return longest[0], longest[1]
+
+
+def flash_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                           cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool = False,
+                           softmax_scale: float | None = None, return_lse: bool = False):
+    """Exact attention over a packed batch of variable-length sequences (flash_attn_varlen_func's layout),
+    forward and backward in Triton, on the same inner loops as `flash_attention`.
+
+    Args:
+        q: (total_q, Hq, D) the queries of all sequences, concatenated; fp16, bf16 or fp32.
+        k: (total_k, Hkv, D) the keys, concatenated the same way. Hq must be a multiple of Hkv (GQA/MQA;
+            K/V are never repeated in memory, dK/dV are summed over each query group).
+        v: (total_k, Hkv, D) the values.
+        cu_seqlens_q: (batch + 1,) int32 on q's device: sequence b's queries are rows
+            [cu_seqlens_q[b], cu_seqlens_q[b + 1]) of q. Starts at 0, non-decreasing, ends at total_q.
+        cu_seqlens_k: (batch + 1,) int32, the same for k/v (ends at total_k). Same batch as cu_seqlens_q.
+        max_seqlen_q: int >= the longest query sequence (sizes the grid; larger is allowed but launches
+            idle programs).
+        max_seqlen_k: int >= the longest key sequence.
+        causal: mask the future within each sequence, aligned bottom-right as flash_attn >= 2.1: query i of
+            sequence b sees key j iff j <= i + n_k(b) - n_q(b). Rows that see no key (n_q > n_k) output
+            zeros with zero gradients.
+        softmax_scale: scale of QK^T before the softmax, > 0; default 1/sqrt(D).
+        return_lse: also return the log-sum-exp of the scaled scores, natural log, (Hq, total_q) float32
+            (flash_attn's varlen layout; -inf on rows that see no key). Not differentiable.
+
+    Sequences of length 0 (in q, k or both) are allowed: they produce no rows, or rows of zeros. Head dims
+    1..256. Any strides on the first two dims (a last dim that is not contiguous is copied once). q, k, v
+    and the cu_seqlens share one device. The cu_seqlens are validated on the host: one small
+    device-to-host copy (a synchronisation) per call. On CPU the kernels run in Triton's interpreter when
+    TRITON_INTERPRET=1. No dropout, no sliding window yet.
+
+    Returns:
+        out (total_q, Hq, D) in q's dtype, and lse when return_lse=True.
+    """
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, x, 3, SUPPORTED_DTYPES, _LAYOUT)
+    check_same(("q", "k", "v"), (q, k, v), "dtype")
+    check_same(("q", "k", "v"), (q, k, v), "device")
+    check_bool("causal", causal)
+    check_bool("return_lse", return_lse)
+    softmax_scale = check_scale("softmax_scale", softmax_scale)
+    total_q, n_heads, head_dim = q.shape
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape {_LAYOUT}, got k {tuple(k.shape)} and v {tuple(v.shape)}")
+    if k.shape[2] != head_dim:
+        raise ValueError(f"k/v head_dim ({k.shape[2]}) must equal q's ({head_dim})")
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"head_dim must be in [1, {MAX_HEAD_DIM}], got {head_dim}")
+    n_kv_heads = k.shape[1]
+    if n_heads < 1 or n_kv_heads < 1 or n_heads % n_kv_heads != 0:
+        raise ValueError(f"q heads ({n_heads}) must be a positive multiple of k/v heads ({n_kv_heads}) (GQA/MQA)")
+    longest_q, longest_k = _check_cu_seqlens(q, k, cu_seqlens_q, cu_seqlens_k)
+    max_seqlen_q = _check_max_seqlen("max_seqlen_q", max_seqlen_q, longest_q)
+    max_seqlen_k = _check_max_seqlen("max_seqlen_k", max_seqlen_k, longest_k)
+    check_kernel_device("flash_attention_varlen", q, k, v)
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(head_dim)
+    elif softmax_scale <= 0:
+        raise ValueError(f"softmax_scale must be > 0, got {softmax_scale}")
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    out, lse2 = FlashAttentionVarlenFunction.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                                   causal, softmax_scale)
+    if not return_lse:
+        return out
+    lse = torch.where(torch.isinf(lse2), torch.full_like(lse2, float("-inf")), lse2 * LN2)
+    return out, lse
