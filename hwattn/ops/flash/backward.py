@@ -13,6 +13,7 @@ import triton.language as tl
 
 from ..._runtime import interpreting
 from .common import LOG2E, kv_block_bounds, q_block_bounds, visible
+from .block_mask import kernel_args
 from .configs import autotune_enabled, autotuned, configs, fixed_config
 from .forward import dot_precision, seq_bucket
 
@@ -36,34 +37,78 @@ def _bwd_preprocess(O, DO, DELTA, stride_ob, stride_om, stride_oh, stride_dob, s
 
 
 @triton.jit
+def _dkdv_step(dk, dv, k, v, qt_ptrs, do_ptrs, lse_ptrs, delta_ptrs, rows, cols, n_q, n_k, qk_scale, tile_ptrs,
+               BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+               TILE_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One query block's contribution to dK, dV of a key block. Tiles are transposed (keys x queries)
+    so dV = P^T dO and dK = dS^T Q need no transposes."""
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    row_ok = rows < n_q
+    # rows past n_q load q = dO = 0 and lse = +inf, so their P and dS are exactly 0
+    qt = tl.load(qt_ptrs, mask=row_ok[None, :] & d_ok[:, None], other=0.0)
+    lse = tl.load(lse_ptrs, mask=row_ok, other=float("inf"))
+    pt = tl.math.exp2(tl.dot(k, qt, input_precision=DOT_PRECISION) * qk_scale - lse[None, :])
+    if MASKED:
+        keep = visible(rows[None, :], cols[:, None], n_q, n_k, CAUSAL)
+        if TILE_MASK:
+            keep = keep & (tl.load(tile_ptrs) != 0)
+        pt = tl.where(keep, pt, 0.0)
+    do = tl.load(do_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+    delta = tl.load(delta_ptrs, mask=row_ok, other=0.0)
+    dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+    dst = pt * (dpt - delta[None, :])
+    dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.jit
 def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom, cols, lo, hi,
                 n_q, n_k, qk_scale, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
                 MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Accumulate one query head's contribution to dK, dV of a key block, over query blocks [lo, hi).
-    Tiles are transposed (keys x queries) so dV = P^T dO and dK = dS^T Q need no transposes."""
+    """Accumulate one query head's contribution to dK, dV of a key block over query rows [lo, hi)."""
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     qt_tile = offs_m[None, :] * stride_qm + offs_d[:, None]
     do_tile = offs_m[:, None] * stride_dom + offs_d[None, :]
-    d_ok = offs_d < HEAD_DIM
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         rows = start_m + offs_m
-        row_ok = rows < n_q
-        # rows past n_q load q = dO = 0 and lse = +inf, so their P and dS are exactly 0
-        qt = tl.load(q_base + start_m.to(tl.int64) * stride_qm + qt_tile, mask=row_ok[None, :] & d_ok[:, None],
-                     other=0.0)
-        lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
-        pt = tl.math.exp2(tl.dot(k, qt, input_precision=DOT_PRECISION) * qk_scale - lse[None, :])
-        if MASKED:
-            pt = tl.where(visible(rows[None, :], cols[:, None], n_q, n_k, CAUSAL), pt, 0.0)
-        do = tl.load(do_base + start_m.to(tl.int64) * stride_dom + do_tile, mask=row_ok[:, None] & d_ok[None, :],
-                     other=0.0)
-        dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
-        delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
-        dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-        dst = pt * (dpt - delta[None, :])
-        dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=DOT_PRECISION)
+        dk, dv = _dkdv_step(dk, dv, k, v, q_base + start_m.to(tl.int64) * stride_qm + qt_tile,
+                            do_base + start_m.to(tl.int64) * stride_dom + do_tile, lse_base + rows,
+                            delta_base + rows, rows, cols, n_q, n_k, qk_scale, None,
+                            BLOCK_D, HEAD_DIM, MASKED, CAUSAL, False, DOT_PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _dkdv_sparse(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom, cols, n_q, n_k,
+                 qk_scale, list_off, NUM, IDX, TILE_OF, TILES, col_in_tile, n_mask_rows,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+                 MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr, PARTIAL: tl.constexpr,
+                 DOT_PRECISION: tl.constexpr):
+    """The query blocks a block mask lists for this key block (its transposed lists)."""
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    qt_tile = offs_m[None, :] * stride_qm + offs_d[:, None]
+    do_tile = offs_m[:, None] * stride_dom + offs_d[None, :]
+    mask_tile = offs_m[None, :] * MASK_BLOCK_N + (col_in_tile + offs_n)[:, None]  # transposed read
+    count = tl.load(NUM + list_off)
+    for i in range(0, count):
+        qb = tl.load(IDX + list_off * n_mask_rows + i)
+        tile_base = TILES
+        if PARTIAL:
+            tile_base = TILES + tl.load(TILE_OF + list_off * n_mask_rows + qb).to(tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
+        for sub in tl.static_range(MASK_BLOCK_M // BLOCK_M):
+            start_m = qb * MASK_BLOCK_M + sub * BLOCK_M
+            rows = start_m + offs_m
+            dk, dv = _dkdv_step(dk, dv, k, v, q_base + start_m.to(tl.int64) * stride_qm + qt_tile,
+                                do_base + start_m.to(tl.int64) * stride_dom + do_tile, lse_base + rows,
+                                delta_base + rows, rows, cols, n_q, n_k, qk_scale,
+                                tile_base + sub * BLOCK_M * MASK_BLOCK_N + mask_tile,
+                                BLOCK_D, HEAD_DIM, PARTIAL, False, PARTIAL, DOT_PRECISION)
     return dk, dv
 
 
@@ -73,8 +118,13 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
                      stride_vb, stride_vn, stride_vh, stride_dob, stride_dom, stride_doh,
                      stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
                      n_q, n_k, num_heads, num_kv_heads, group_size, qk_scale, softmax_scale, seq_bucket,
+                     FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_cols,
+                     n_mask_rows,
                      CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                     HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr):
+    if HAS_MASK:
+        tl.static_assert((MASK_BLOCK_M % BLOCK_M == 0) and (MASK_BLOCK_N % BLOCK_N == 0))
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // num_kv_heads
@@ -98,18 +148,59 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
         q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
         do_base = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
         row_base = (b * num_heads + h).to(tl.int64) * n_q
-        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qm,
-                             stride_dom, cols, lo, full_lo, n_q, n_k, qk_scale,
-                             BLOCK_M, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION)
-        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qm,
-                             stride_dom, cols, full_lo, n_q, n_q, n_k, qk_scale,
-                             BLOCK_M, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION)
+        if HAS_MASK:
+            # this key block's column of the block mask: the query blocks that read it
+            list_off = ((b % mask_b) * mask_h + h % mask_h) * n_mask_cols + start_n // MASK_BLOCK_N
+            col_in_tile = start_n % MASK_BLOCK_N
+            dk, dv = _dkdv_sparse(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qm,
+                                  stride_dom, cols, n_q, n_k, qk_scale, list_off, FULL_NUM, FULL_IDX, PART_TILE,
+                                  TILES, col_in_tile, n_mask_rows, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
+                                  MASK_BLOCK_M, MASK_BLOCK_N, False, DOT_PRECISION)
+            dk, dv = _dkdv_sparse(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qm,
+                                  stride_dom, cols, n_q, n_k, qk_scale, list_off, PART_NUM, PART_IDX, PART_TILE,
+                                  TILES, col_in_tile, n_mask_rows, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
+                                  MASK_BLOCK_M, MASK_BLOCK_N, True, DOT_PRECISION)
+        else:
+            dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qm,
+                                 stride_dom, cols, lo, full_lo, n_q, n_k, qk_scale,
+                                 BLOCK_M, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION)
+            dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qm,
+                                 stride_dom, cols, full_lo, n_q, n_q, n_k, qk_scale,
+                                 BLOCK_M, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION)
 
     dk = dk * softmax_scale
     dk_base = DK + b.to(tl.int64) * stride_dkb + h_kv.to(tl.int64) * stride_dkh + start_n.to(tl.int64) * stride_dkn
     dv_base = DV + b.to(tl.int64) * stride_dvb + h_kv.to(tl.int64) * stride_dvh + start_n.to(tl.int64) * stride_dvn
     tl.store(dk_base + offs_n[:, None] * stride_dkn + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(dv_base + offs_n[:, None] * stride_dvn + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _dq_step(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, rows, cols, n_q, n_k, qk_scale, tile_ptrs,
+             BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+             TILE_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One key block's contribution to dQ of a query block."""
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    if MASKED:
+        kv_mask = (cols[None, :] < n_k) & d_ok[:, None]
+        kt = tl.load(kt_ptrs, mask=kv_mask, other=0.0)
+        vt = tl.load(vt_ptrs, mask=kv_mask, other=0.0)
+    elif HEAD_DIM != BLOCK_D:
+        kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
+        vt = tl.load(vt_ptrs, mask=d_ok[:, None], other=0.0)
+    else:
+        kt = tl.load(kt_ptrs)
+        vt = tl.load(vt_ptrs)
+    p = tl.math.exp2(tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale - lse[:, None])
+    if MASKED:
+        keep = visible(rows[:, None], cols[None, :], n_q, n_k, CAUSAL)
+        if TILE_MASK:
+            keep = keep & (tl.load(tile_ptrs) != 0)
+        p = tl.where(keep, p, 0.0)
+    dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
+    ds = p * (dp - delta[:, None])
+    return tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -120,20 +211,38 @@ def _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows,
     offs_d = tl.arange(0, BLOCK_D)
     kt_tile = offs_n[None, :] * stride_kn + offs_d[:, None]
     vt_tile = offs_n[None, :] * stride_vn + offs_d[:, None]
-    d_ok = offs_d < HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
-        cols = start_n + offs_n
-        kt = tl.load(k_base + start_n.to(tl.int64) * stride_kn + kt_tile, mask=(cols[None, :] < n_k) & d_ok[:, None],
-                     other=0.0)
-        vt = tl.load(v_base + start_n.to(tl.int64) * stride_vn + vt_tile, mask=(cols[None, :] < n_k) & d_ok[:, None],
-                     other=0.0)
-        p = tl.math.exp2(tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale - lse[:, None])
-        if MASKED:
-            p = tl.where(visible(rows[:, None], cols[None, :], n_q, n_k, CAUSAL), p, 0.0)
-        dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=DOT_PRECISION)
+        dq = _dq_step(dq, q, do, lse, delta, k_base + start_n.to(tl.int64) * stride_kn + kt_tile,
+                      v_base + start_n.to(tl.int64) * stride_vn + vt_tile, rows, start_n + offs_n, n_q, n_k,
+                      qk_scale, None, BLOCK_D, HEAD_DIM, MASKED, CAUSAL, False, DOT_PRECISION)
+    return dq
+
+
+@triton.jit
+def _dq_sparse(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, n_q, n_k, qk_scale,
+               list_off, NUM, IDX, TILE_OF, TILES, row_in_tile, n_mask_cols,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+               MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr, PARTIAL: tl.constexpr,
+               DOT_PRECISION: tl.constexpr):
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kt_tile = offs_n[None, :] * stride_kn + offs_d[:, None]
+    vt_tile = offs_n[None, :] * stride_vn + offs_d[:, None]
+    mask_tile = (row_in_tile + offs_m)[:, None] * MASK_BLOCK_N + offs_n[None, :]
+    count = tl.load(NUM + list_off)
+    for i in range(0, count):
+        kb = tl.load(IDX + list_off * n_mask_cols + i)
+        tile_base = TILES
+        if PARTIAL:
+            tile_base = TILES + tl.load(TILE_OF + list_off * n_mask_cols + kb).to(tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
+        for sub in tl.static_range(MASK_BLOCK_N // BLOCK_N):
+            start_n = kb * MASK_BLOCK_N + sub * BLOCK_N
+            dq = _dq_step(dq, q, do, lse, delta, k_base + start_n.to(tl.int64) * stride_kn + kt_tile,
+                          v_base + start_n.to(tl.int64) * stride_vn + vt_tile, rows, start_n + offs_n, n_q, n_k,
+                          qk_scale, tile_base + sub * BLOCK_N + mask_tile, BLOCK_D, HEAD_DIM, PARTIAL, False,
+                          PARTIAL, DOT_PRECISION)
     return dq
 
 
@@ -143,8 +252,13 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
                    stride_vb, stride_vn, stride_vh, stride_dob, stride_dom, stride_doh,
                    stride_dqb, stride_dqm, stride_dqh,
                    n_q, n_k, num_heads, group_size, qk_scale, softmax_scale, seq_bucket,
+                   FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_rows,
+                   n_mask_cols,
                    CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                   HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr):
+    if HAS_MASK:
+        tl.static_assert((MASK_BLOCK_M % BLOCK_M == 0) and (MASK_BLOCK_N % BLOCK_N == 0))
     num_m_blocks = tl.cdiv(n_q, BLOCK_M)
     if CAUSAL:
         pid_m = num_m_blocks - 1 - tl.program_id(0)
@@ -171,11 +285,21 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
     v_base = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    full_hi, hi = kv_block_bounds(start_m, n_q, n_k, CAUSAL, BLOCK_M, BLOCK_N)
-    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, 0, full_hi, n_q, n_k,
-                   qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION)
-    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, full_hi, hi, n_q, n_k,
-                   qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION)
+    if HAS_MASK:
+        list_off = ((b % mask_b) * mask_h + h % mask_h) * n_mask_rows + start_m // MASK_BLOCK_M
+        row_in_tile = start_m % MASK_BLOCK_M
+        dq = _dq_sparse(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, n_q, n_k, qk_scale,
+                        list_off, FULL_NUM, FULL_IDX, PART_TILE, TILES, row_in_tile, n_mask_cols,
+                        BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, MASK_BLOCK_M, MASK_BLOCK_N, False, DOT_PRECISION)
+        dq = _dq_sparse(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, n_q, n_k, qk_scale,
+                        list_off, PART_NUM, PART_IDX, PART_TILE, TILES, row_in_tile, n_mask_cols,
+                        BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, MASK_BLOCK_M, MASK_BLOCK_N, True, DOT_PRECISION)
+    else:
+        full_hi, hi = kv_block_bounds(start_m, n_q, n_k, CAUSAL, BLOCK_M, BLOCK_N)
+        dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, 0, full_hi, n_q, n_k,
+                       qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION)
+        dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, full_hi, hi, n_q, n_k,
+                       qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION)
     dq = dq * softmax_scale
     tl.store(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh + start_m.to(tl.int64) * stride_dqm
              + offs_m[:, None] * stride_dqm + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=mask)
@@ -187,13 +311,13 @@ _dq_autotuned = None if interpreting() else autotuned(_bwd_dq_kernel, lambda: co
 
 def _launch(kernel, tuned, kind, grid_of, args, meta, head_dim, dtype):
     if tuned is None or not autotune_enabled():
-        cfg = fixed_config(kind, head_dim, dtype)
+        cfg = fixed_config(kind, head_dim, dtype, meta)
         kernel[grid_of(cfg)](*args, **meta, **cfg)
     else:
         tuned[grid_of](*args, **meta)
 
 
-def flash_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float):
+def flash_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, block_mask=None):
     """Gradients of flash_fwd. lse is flash_fwd's log2-domain LSE. Returns dq, dk, dv (contiguous)."""
     B, n_q, n_heads, head_dim = q.shape
     n_k, n_kv_heads = k.shape[1], k.shape[2]
@@ -216,11 +340,16 @@ def flash_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float):
     dkdv_args = (q, k, v, do, lse, delta, dk, dv, *common,
                  dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
                  n_q, n_k, n_heads, n_kv_heads, n_heads // n_kv_heads, qk_scale, softmax_scale, bucket)
+    by_key_args, mask_meta = kernel_args(block_mask, q.device, by_key_blocks=True)
+    by_query_args, _ = kernel_args(block_mask, q.device)
+    meta.update(mask_meta)
     _launch(_bwd_dkdv_kernel, _dkdv_autotuned, "dkdv",
-            lambda cfg: (triton.cdiv(n_k, cfg["BLOCK_N"]), B * n_kv_heads), dkdv_args, meta, head_dim, q.dtype)
+            lambda cfg: (triton.cdiv(n_k, cfg["BLOCK_N"]), B * n_kv_heads), dkdv_args + by_key_args, meta,
+            head_dim, q.dtype)
 
     dq_args = (q, k, v, do, lse, delta, dq, *common, dq.stride(0), dq.stride(1), dq.stride(2),
                n_q, n_k, n_heads, n_heads // n_kv_heads, qk_scale, softmax_scale, bucket)
     _launch(_bwd_dq_kernel, _dq_autotuned, "dq",
-            lambda cfg: (triton.cdiv(n_q, cfg["BLOCK_M"]), B * n_heads), dq_args, meta, head_dim, q.dtype)
+            lambda cfg: (triton.cdiv(n_q, cfg["BLOCK_M"]), B * n_heads), dq_args + by_query_args, meta,
+            head_dim, q.dtype)
     return dq, dk, dv

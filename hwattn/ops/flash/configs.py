@@ -44,8 +44,15 @@ def fwd_configs():
 
 def _prune(configs_list, named_args, **kwargs):
     head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
-    kept = [c for c in configs_list if _fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, head_dim)]
-    return kept or configs_list[-1:]
+    mask_m, mask_n = kwargs.get("MASK_BLOCK_M", 256), kwargs.get("MASK_BLOCK_N", 256)
+    kept = [c for c in configs_list if _fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, head_dim)
+            and c.kwargs["BLOCK_M"] <= mask_m and c.kwargs["BLOCK_N"] <= mask_n]
+    if kept:
+        return kept
+    # a block mask finer than every config: shrink the smallest config's tiles to the mask blocks
+    c = configs_list[-1]
+    return [triton.Config({"BLOCK_M": min(c.kwargs["BLOCK_M"], mask_m), "BLOCK_N": min(c.kwargs["BLOCK_N"], mask_n)},
+                          num_warps=c.num_warps, num_stages=c.num_stages)]
 
 
 def autotuned(kernel, make_configs):
@@ -53,7 +60,8 @@ def autotuned(kernel, make_configs):
     extra = {}
     if "cache_results" in inspect.signature(triton.autotune).parameters:
         extra["cache_results"] = True
-    return triton.autotune(configs=make_configs(), key=["seq_bucket", "HEAD_DIM", "CAUSAL", "DOT_PRECISION"],
+    return triton.autotune(configs=make_configs(), key=["seq_bucket", "HEAD_DIM", "CAUSAL", "DOT_PRECISION", "HAS_MASK",
+                                                       "MASK_BLOCK_M", "MASK_BLOCK_N"],
                            prune_configs_by={"early_config_prune": _prune}, **extra)(kernel)
 
 
@@ -69,12 +77,16 @@ def autotune_enabled() -> bool:
     return os.environ.get("HWATTN_AUTOTUNE", "1") not in ("0", "false", "False")
 
 
-def fixed_config(kind: str, head_dim: int, dtype) -> dict:
-    """Launch parameters when not autotuning: interpreter blocks on CPU, tuned defaults on a GPU."""
+def fixed_config(kind: str, head_dim: int, dtype, mask_meta=None) -> dict:
+    """Launch parameters when not autotuning: interpreter blocks on CPU, tuned defaults on a GPU; tiles
+    never larger than a block mask's blocks."""
+    mask_m = (mask_meta or {}).get("MASK_BLOCK_M", 256)
+    mask_n = (mask_meta or {}).get("MASK_BLOCK_N", 256)
     if interpreting():
         block_m, block_n = _INTERPRETER[kind]
-        return {"BLOCK_M": block_m, "BLOCK_N": block_n}
+        return {"BLOCK_M": min(block_m, mask_m), "BLOCK_N": min(block_n, mask_n)}
     block_d = max(16, triton.next_power_of_2(head_dim))
     bucket = 64 if block_d <= 64 else (128 if block_d <= 128 else 256)
     block_m, block_n, warps, stages = _DEFAULT[kind][bucket]
-    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": warps, "num_stages": stages}
+    return {"BLOCK_M": min(block_m, mask_m), "BLOCK_N": min(block_n, mask_n), "num_warps": warps,
+            "num_stages": stages}

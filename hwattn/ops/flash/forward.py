@@ -9,54 +9,95 @@ import triton.language as tl
 
 from ..._runtime import interpreting
 from .common import LOG2E, kv_block_bounds, visible
+from .block_mask import kernel_args
 from .configs import autotune_enabled, autotuned, fixed_config, fwd_configs
+
+
+@triton.jit
+def _fwd_step(acc, l_i, m_i, q, k_ptrs, v_ptrs, rows, cols, n_q, n_k, qk_scale, tile_ptrs,
+              BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+              TILE_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One key block through the online softmax. MASKED blocks (causal diagonal, sequence edge, partial
+    blocks of a block mask) pay for bounds checks and the element mask; the bulk of blocks does not."""
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    if MASKED:
+        kt = tl.load(k_ptrs, mask=(cols[None, :] < n_k) & d_ok[:, None], other=0.0)
+    elif HEAD_DIM != BLOCK_D:
+        kt = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
+    else:
+        kt = tl.load(k_ptrs)
+    qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
+    if MASKED:
+        keep = visible(rows[:, None], cols[None, :], n_q, n_k, CAUSAL)
+        if TILE_MASK:
+            keep = keep & (tl.load(tile_ptrs) != 0)
+        qk = tl.where(keep, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        # a row with nothing visible yet keeps m = -inf; subtract 0 instead to avoid inf - inf
+        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_sub = m_new
+    # scale and max subtraction in one FMA per score (qk_scale > 0, so max commutes with it)
+    p = tl.math.exp2(qk * qk_scale - m_sub[:, None])
+    alpha = tl.math.exp2(m_i - m_sub)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    if MASKED:
+        v = tl.load(v_ptrs, mask=(cols[:, None] < n_k) & d_ok[None, :], other=0.0)
+    elif HEAD_DIM != BLOCK_D:
+        v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+    else:
+        v = tl.load(v_ptrs)
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+    return acc, l_i, m_new
 
 
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, lo, hi, n_q, n_k, qk_scale,
                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Stream key blocks [lo, hi) through the online softmax. MASKED blocks (causal diagonal, sequence
-    edge) pay for the element mask and bounds checks; the bulk of blocks does not."""
+    """Stream the contiguous key range [lo, hi) (dense attention, causal or not)."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     kt_tile = offs_n[None, :] * stride_kn + offs_d[:, None]  # K^T tile: int32, small
     v_tile = offs_n[:, None] * stride_vn + offs_d[None, :]
-    d_ok = offs_d < HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
-        cols = start_n + offs_n
         # scalar int64 offsets: at N ~ 1M rows * stride overflows int32
-        k_ptrs = k_base + start_n.to(tl.int64) * stride_kn + kt_tile
-        v_ptrs = v_base + start_n.to(tl.int64) * stride_vn + v_tile
-        if MASKED:
-            kt = tl.load(k_ptrs, mask=(cols[None, :] < n_k) & d_ok[:, None], other=0.0)
-        elif HEAD_DIM != BLOCK_D:
-            kt = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
-        else:
-            kt = tl.load(k_ptrs)
-        qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
-        if MASKED:
-            qk = tl.where(visible(rows[:, None], cols[None, :], n_q, n_k, CAUSAL), qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-            # a row with nothing visible yet keeps m = -inf; subtract 0 instead to avoid inf - inf
-            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
-        else:
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-            m_sub = m_new
-        # scale and max subtraction in one FMA per score (qk_scale > 0, so max commutes with it)
-        p = tl.math.exp2(qk * qk_scale - m_sub[:, None])
-        alpha = tl.math.exp2(m_i - m_sub)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        if MASKED:
-            v = tl.load(v_ptrs, mask=(cols[:, None] < n_k) & d_ok[None, :], other=0.0)
-        elif HEAD_DIM != BLOCK_D:
-            v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
-        else:
-            v = tl.load(v_ptrs)
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-        m_i = m_new
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base + start_n.to(tl.int64) * stride_kn + kt_tile,
+                                  v_base + start_n.to(tl.int64) * stride_vn + v_tile, rows, start_n + offs_n,
+                                  n_q, n_k, qk_scale, None, BLOCK_D, HEAD_DIM, MASKED, CAUSAL, False, DOT_PRECISION)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_sparse(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, n_q, n_k, qk_scale,
+                list_off, NUM, IDX, TILE_OF, TILES, row_in_tile, n_mask_cols,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+                MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr, PARTIAL: tl.constexpr,
+                DOT_PRECISION: tl.constexpr):
+    """Stream the key blocks a block mask lists for this query block: full ones unmasked, partial ones
+    with their stored element tile. Blocks not listed are never read."""
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kt_tile = offs_n[None, :] * stride_kn + offs_d[:, None]
+    v_tile = offs_n[:, None] * stride_vn + offs_d[None, :]
+    mask_tile = (row_in_tile + offs_m)[:, None] * MASK_BLOCK_N + offs_n[None, :]
+    count = tl.load(NUM + list_off)
+    for i in range(0, count):
+        kb = tl.load(IDX + list_off * n_mask_cols + i)
+        tile_base = TILES
+        if PARTIAL:
+            tile_base = TILES + tl.load(TILE_OF + list_off * n_mask_cols + kb).to(tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
+        for sub in tl.static_range(MASK_BLOCK_N // BLOCK_N):
+            start_n = kb * MASK_BLOCK_N + sub * BLOCK_N
+            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base + start_n.to(tl.int64) * stride_kn + kt_tile,
+                                      v_base + start_n.to(tl.int64) * stride_vn + v_tile, rows, start_n + offs_n,
+                                      n_q, n_k, qk_scale, tile_base + sub * BLOCK_N + mask_tile,
+                                      BLOCK_D, HEAD_DIM, PARTIAL, False, PARTIAL, DOT_PRECISION)
     return acc, l_i, m_i
 
 
@@ -67,9 +108,14 @@ def _fwd_kernel(Q, K, V, O, LSE,
                 stride_vb, stride_vn, stride_vh,
                 stride_ob, stride_om, stride_oh,
                 n_q, n_k, num_heads, group_size, qk_scale, seq_bucket,
+                FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_rows, n_mask_cols,
                 CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr):
     tl.static_assert(BLOCK_D >= HEAD_DIM)
+    if HAS_MASK:
+        # tiles walk the block mask in whole sub-blocks
+        tl.static_assert((MASK_BLOCK_M % BLOCK_M == 0) and (MASK_BLOCK_N % BLOCK_N == 0))
     num_m_blocks = tl.cdiv(n_q, BLOCK_M)
     if CAUSAL:
         # the last query blocks see the most keys: launch them first so the tail of the grid is short
@@ -100,11 +146,24 @@ def _fwd_kernel(Q, K, V, O, LSE,
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    full_hi, hi = kv_block_bounds(start_m, n_q, n_k, CAUSAL, BLOCK_M, BLOCK_N)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, 0, full_hi,
-                               n_q, n_k, qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, full_hi, hi,
-                               n_q, n_k, qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION)
+    if HAS_MASK:
+        # this query block's row of the block mask (B and H broadcast when the mask has size 1 there)
+        list_off = ((b % mask_b) * mask_h + h % mask_h) * n_mask_rows + start_m // MASK_BLOCK_M
+        row_in_tile = start_m % MASK_BLOCK_M
+        acc, l_i, m_i = _fwd_sparse(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, n_q, n_k,
+                                    qk_scale, list_off, FULL_NUM, FULL_IDX, PART_TILE, TILES, row_in_tile,
+                                    n_mask_cols, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, MASK_BLOCK_M, MASK_BLOCK_N,
+                                    False, DOT_PRECISION)
+        acc, l_i, m_i = _fwd_sparse(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, n_q, n_k,
+                                    qk_scale, list_off, PART_NUM, PART_IDX, PART_TILE, TILES, row_in_tile,
+                                    n_mask_cols, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, MASK_BLOCK_M, MASK_BLOCK_N,
+                                    True, DOT_PRECISION)
+    else:
+        full_hi, hi = kv_block_bounds(start_m, n_q, n_k, CAUSAL, BLOCK_M, BLOCK_N)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, 0, full_hi,
+                                   n_q, n_k, qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, full_hi, hi,
+                                   n_q, n_k, qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION)
 
     # deferred normalisation: divide once at the end; a row that saw no key gives 0, not 0/0
     has_keys = l_i > 0.0
@@ -131,9 +190,9 @@ def seq_bucket(n: int) -> int:
     return min(1 << max(n - 1, 1).bit_length(), 16384)
 
 
-def flash_fwd(q, k, v, causal: bool, softmax_scale: float):
+def flash_fwd(q, k, v, causal: bool, softmax_scale: float, block_mask=None):
     """q (B, Nq, Hq, D), k/v (B, Nk, Hkv, D), last dim contiguous. Returns O like q and the log2-domain
-    LSE (B, Hq, Nq) float32 (+inf for rows that see no key)."""
+    LSE (B, Hq, Nq) float32 (+inf for rows that see no key). block_mask: a BlockMask (then causal=False)."""
     B, n_q, n_heads, head_dim = q.shape
     n_k, n_kv_heads = k.shape[1], k.shape[2]
     o = torch.empty(q.shape, device=q.device, dtype=q.dtype)
@@ -145,13 +204,15 @@ def flash_fwd(q, k, v, causal: bool, softmax_scale: float):
             v.stride(0), v.stride(1), v.stride(2),
             o.stride(0), o.stride(1), o.stride(2),
             n_q, n_k, n_heads, n_heads // n_kv_heads, softmax_scale * LOG2E, seq_bucket(max(n_q, n_k)))
-    meta = dict(CAUSAL=causal, HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype))
+    mask_args, mask_meta = kernel_args(block_mask, q.device)
+    args = args + mask_args
+    meta = dict(CAUSAL=causal, HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype), **mask_meta)
 
     def grid(cfg):
         return (triton.cdiv(n_q, cfg["BLOCK_M"]), B * n_heads)
 
     if _fwd_autotuned is None or not autotune_enabled():
-        cfg = fixed_config("fwd", head_dim, q.dtype)
+        cfg = fixed_config("fwd", head_dim, q.dtype, mask_meta)
         _fwd_kernel[grid(cfg)](*args, **meta, **cfg)
     else:
         _fwd_autotuned[grid](*args, **meta)

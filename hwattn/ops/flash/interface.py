@@ -8,6 +8,7 @@ import torch
 from ..._checks import check_bool, check_same, check_scale, check_tensor
 from ..._runtime import check_kernel_device
 from .backward import flash_bwd
+from .block_mask import BlockMask
 from .common import LN2
 from .forward import flash_fwd
 
@@ -20,26 +21,26 @@ MAX_HEAD_DIM = 256
 # The kernels are registered as custom ops so torch.compile treats them as opaque calls (no graph breaks,
 # no tracing into Triton launches); the autograd.Function below wires them together.
 @torch.library.custom_op("hwattn::flash_fwd", mutates_args=())
-def _flash_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
-                  softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return flash_fwd(q, k, v, causal, softmax_scale)
+def _flash_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, softmax_scale: float,
+                  mask_tensors: list[torch.Tensor], mask_ints: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    return flash_fwd(q, k, v, causal, softmax_scale, BlockMask.from_op_args(mask_tensors, mask_ints))
 
 
 @_flash_fwd_op.register_fake
-def _(q, k, v, causal, softmax_scale):
+def _(q, k, v, causal, softmax_scale, mask_tensors, mask_ints):
     B, n_q, n_heads, _ = q.shape
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((B, n_heads, n_q), dtype=torch.float32)
 
 
 @torch.library.custom_op("hwattn::flash_bwd", mutates_args=())
 def _flash_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
-                  lse: torch.Tensor, causal: bool, softmax_scale: float
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return flash_bwd(do, q, k, v, o, lse, causal, softmax_scale)
+                  lse: torch.Tensor, causal: bool, softmax_scale: float, mask_tensors: list[torch.Tensor],
+                  mask_ints: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return flash_bwd(do, q, k, v, o, lse, causal, softmax_scale, BlockMask.from_op_args(mask_tensors, mask_ints))
 
 
 @_flash_bwd_op.register_fake
-def _(do, q, k, v, o, lse, causal, softmax_scale):
+def _(do, q, k, v, o, lse, causal, softmax_scale, mask_tensors, mask_ints):
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             torch.empty_like(k, memory_format=torch.contiguous_format),
             torch.empty_like(v, memory_format=torch.contiguous_format))
@@ -47,9 +48,10 @@ def _(do, q, k, v, o, lse, causal, softmax_scale):
 
 class FlashAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, causal, softmax_scale):
-        o, lse = _flash_fwd_op(q, k, v, causal, softmax_scale)
-        ctx.save_for_backward(q, k, v, o, lse)
+    def forward(ctx, q, k, v, causal, softmax_scale, mask_tensors, mask_ints):
+        o, lse = _flash_fwd_op(q, k, v, causal, softmax_scale, mask_tensors, mask_ints)
+        ctx.save_for_backward(q, k, v, o, lse, *mask_tensors)
+        ctx.mask_ints = mask_ints
         ctx.causal = causal
         ctx.softmax_scale = softmax_scale
         ctx.mark_non_differentiable(lse)
@@ -57,11 +59,11 @@ class FlashAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, _dlse):
-        q, k, v, o, lse = ctx.saved_tensors
+        q, k, v, o, lse, *mask_tensors = ctx.saved_tensors
         if do.stride(-1) != 1:
             do = do.contiguous()
-        dq, dk, dv = _flash_bwd_op(do, q, k, v, o, lse, ctx.causal, ctx.softmax_scale)
-        return dq, dk, dv, None, None
+        dq, dk, dv = _flash_bwd_op(do, q, k, v, o, lse, ctx.causal, ctx.softmax_scale, mask_tensors, ctx.mask_ints)
+        return dq, dk, dv, None, None, None, None
 
 
 def _validate(fn: str, q, k, v, layout: str):
@@ -96,7 +98,8 @@ def _last_dim_contiguous(x):
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
-                    softmax_scale: float | None = None, return_lse: bool = False):
+                    softmax_scale: float | None = None, return_lse: bool = False,
+                    block_mask: BlockMask | None = None):
     """Exact attention, IO-aware (FlashAttention-2 algorithm), forward and backward in Triton.
 
     Args:
@@ -109,6 +112,10 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
         softmax_scale: scale of QK^T before the softmax, > 0; default 1/sqrt(D).
         return_lse: also return the log-sum-exp of the scaled scores, natural log, (B, Hq, Nq) float32
             (-inf for rows that see no key). Not differentiable.
+        block_mask: a `BlockMask` from `create_block_mask(mask_mod, ...)` (see `hwattn.masks` for causal,
+            sliding window, document, prefix-LM and Sparse Transformer patterns). Key blocks the mask
+            leaves empty are never read, forward and backward, so cost follows the kept fraction. Built for
+            (B or 1, Hq or 1, Nq, Nk) on q's device; excludes `causal=True` (put causality in the mask).
 
     Any Nq, Nk >= 1 and head_dim 1..256 (non-powers of two are padded inside the kernel); any strides
     (a tensor whose last dim is not contiguous is copied once). q, k, v must share dtype and device.
@@ -128,8 +135,20 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
     elif softmax_scale <= 0:
         raise ValueError(f"softmax_scale must be > 0, got {softmax_scale}")
+    mask_tensors, mask_ints = [], []
+    if block_mask is not None:
+        if not isinstance(block_mask, BlockMask):
+            raise TypeError(f"block_mask must be a hwattn BlockMask (create_block_mask), got {type(block_mask).__name__}")
+        if causal:
+            raise ValueError("causal=True with a block_mask: put causality into the mask_mod instead "
+                             "(e.g. hwattn.masks.causal() combined with and_masks)")
+        block_mask.check_for(q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+        if block_mask.tiles.device != q.device:
+            raise ValueError(f"block_mask is on {block_mask.tiles.device} but q is on {q.device}: build it with "
+                             f"device=q.device")
+        mask_tensors, mask_ints = block_mask.to_op_args()
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
-    out, lse2 = FlashAttentionFunction.apply(q, k, v, causal, softmax_scale)
+    out, lse2 = FlashAttentionFunction.apply(q, k, v, causal, softmax_scale, mask_tensors, mask_ints)
     if not return_lse:
         return out
     # the kernels keep LSE in the log2 domain with +inf for empty rows (so recomputed P is 0); users get ln

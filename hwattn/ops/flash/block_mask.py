@@ -1,0 +1,205 @@
+"""Block-sparse masks for the exact kernel, in the spirit of FlexAttention's BlockMask.
+
+A mask is a function `mask_mod(b, h, q_idx, kv_idx) -> bool tensor` (True = attend), evaluated once,
+densely and in chunks, when the BlockMask is built. The kernel then sees, per (batch, head, query block),
+the key blocks that are *full* (every element visible: no element mask, no mask loads) and those that are
+*partial* (an element tile, stored once per distinct pattern), and skips every other block, in the forward
+and both backward passes: cost follows the kept fraction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..._checks import check_tensor
+
+__all__ = ["BlockMask", "create_block_mask"]
+
+
+@dataclass
+class BlockMask:
+    """Block structure of a mask over (B, H, Nq, Nk); B and H may be 1 (broadcast).
+
+    kv_full_num/kv_part_num: (B, H, Mq) int32 number of full / partial key blocks of each query block;
+    kv_full_idx/kv_part_idx: (B, H, Mq, Mk) int32 their indices (first *_num entries valid);
+    kv_part_tile: (B, H, Mq, Mk) int32 index into `tiles` of each partial block's element mask;
+    q_*: the transpose, per key block the query blocks (for dK/dV);
+    tiles: (T, block_m, block_n) uint8 distinct element masks of partial blocks.
+    """
+    seq_len_q: int
+    seq_len_k: int
+    block_m: int
+    block_n: int
+    kv_full_num: torch.Tensor
+    kv_full_idx: torch.Tensor
+    kv_part_num: torch.Tensor
+    kv_part_idx: torch.Tensor
+    kv_part_tile: torch.Tensor
+    q_full_num: torch.Tensor
+    q_full_idx: torch.Tensor
+    q_part_num: torch.Tensor
+    q_part_idx: torch.Tensor
+    q_part_tile: torch.Tensor
+    tiles: torch.Tensor
+    mask_mod: object = None
+
+    @property
+    def shape(self):
+        return (self.kv_full_num.shape[0], self.kv_full_num.shape[1], self.seq_len_q, self.seq_len_k)
+
+    def density(self) -> float:
+        """Fraction of blocks the kernel visits (full + partial) over all blocks."""
+        mq, mk = self.kv_full_idx.shape[-2:]
+        return float((self.kv_full_num + self.kv_part_num).sum()) / (self.kv_full_num.numel() * mk)
+
+    def to_dense(self) -> torch.Tensor:
+        """The element mask (B, H, Nq, Nk) bool this block mask encodes (for tests and references)."""
+        B, H, mq = self.kv_full_num.shape
+        mk = self.kv_full_idx.shape[-1]
+        dense = torch.zeros(B, H, mq * self.block_m, mk * self.block_n, dtype=torch.bool, device=self.tiles.device)
+        view = dense.view(B, H, mq, self.block_m, mk, self.block_n).permute(0, 1, 2, 4, 3, 5)
+        for b in range(B):
+            for h in range(H):
+                for m in range(mq):
+                    for i in range(int(self.kv_full_num[b, h, m])):
+                        view[b, h, m, int(self.kv_full_idx[b, h, m, i])] = True
+                    for i in range(int(self.kv_part_num[b, h, m])):
+                        n = int(self.kv_part_idx[b, h, m, i])
+                        view[b, h, m, n] = self.tiles[int(self.kv_part_tile[b, h, m, n])].bool()
+        return dense[..., : self.seq_len_q, : self.seq_len_k]
+
+    _TENSORS = ("kv_full_num", "kv_full_idx", "kv_part_num", "kv_part_idx", "kv_part_tile", "q_full_num",
+                "q_full_idx", "q_part_num", "q_part_idx", "q_part_tile", "tiles")
+
+    def to_op_args(self):
+        """(tensors, ints): the mask as plain arguments a torch custom op accepts."""
+        return [getattr(self, n) for n in self._TENSORS], [self.seq_len_q, self.seq_len_k, self.block_m, self.block_n]
+
+    @classmethod
+    def from_op_args(cls, tensors, ints):
+        if not tensors:
+            return None
+        return cls(*ints, *tensors)
+
+    def check_for(self, B: int, H: int, n_q: int, n_k: int) -> None:
+        mb, mh = self.kv_full_num.shape[:2]
+        if (self.seq_len_q, self.seq_len_k) != (n_q, n_k):
+            raise ValueError(f"block_mask was built for (Nq, Nk) = ({self.seq_len_q}, {self.seq_len_k}), "
+                             f"got q/k lengths ({n_q}, {n_k})")
+        if mb not in (1, B) or mh not in (1, H):
+            raise ValueError(f"block_mask batch/heads ({mb}, {mh}) must be 1 or equal the inputs' ({B}, {H})")
+
+
+def _sorted_lists(flags: torch.Tensor):
+    """flags (..., M, K) bool -> counts (..., M) int32 and indices (..., M, K) int32 of True entries first."""
+    counts = flags.sum(-1, dtype=torch.int32)
+    order = torch.argsort((~flags).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+    return counts.contiguous(), order.contiguous()
+
+
+def create_block_mask(mask_mod, B: int | None, H: int | None, seq_len_q: int, seq_len_k: int,
+                      device="cuda", block_size: int | tuple[int, int] = 128, chunk_elems: int = 1 << 24) -> BlockMask:
+    """Build a BlockMask from `mask_mod(b, h, q_idx, kv_idx) -> bool tensor` (broadcasting index tensors).
+
+    Args:
+        mask_mod: True where query q_idx of (batch b, head h) may attend key kv_idx. Must be elementwise
+            in its arguments (it is called on broadcast index tensors).
+        B, H: batch and heads the mask varies over; None = the mask is the same for all (stored once).
+        seq_len_q, seq_len_k: Nq, Nk >= 1.
+        block_size: (block_m, block_n) granularity, powers of two >= 16; the kernels' tiles divide it.
+            128 on GPU; smaller blocks skip more of a fine-grained mask but loop more.
+        chunk_elems: elements evaluated per mask_mod call (bounds the memory of building).
+    """
+    if not callable(mask_mod):
+        raise TypeError(f"mask_mod must be callable (b, h, q_idx, kv_idx) -> bool tensor, got {type(mask_mod).__name__}")
+    for name, val in (("seq_len_q", seq_len_q), ("seq_len_k", seq_len_k)):
+        if not isinstance(val, int) or val < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {val!r}")
+    for name, val in (("B", B), ("H", H)):
+        if val is not None and (not isinstance(val, int) or val < 1):
+            raise ValueError(f"{name} must be None or an int >= 1, got {val!r}")
+    block_m, block_n = (block_size, block_size) if isinstance(block_size, int) else tuple(block_size)
+    for name, val in (("block_m", block_m), ("block_n", block_n)):
+        if not isinstance(val, int) or val < 16 or val & (val - 1):
+            raise ValueError(f"block_size: {name} must be a power of two >= 16, got {val!r}")
+    B_, H_ = B or 1, H or 1
+    mq, mk = -(-seq_len_q // block_m), -(-seq_len_k // block_n)
+    device = torch.device(device)
+
+    full = torch.zeros(B_, H_, mq, mk, dtype=torch.bool, device=device)
+    part = torch.zeros_like(full)
+    tile_of = torch.full((B_, H_, mq, mk), -1, dtype=torch.int64, device=device)
+    tiles = []
+    tile_ids = {}
+    kv = torch.arange(mk * block_n, device=device)
+    rows_per_chunk = max(block_m, (chunk_elems // max(1, mk * block_n)) // block_m * block_m)
+    for b in range(B_):
+        for h in range(H_):
+            bt = torch.tensor(b, device=device)
+            ht = torch.tensor(h, device=device)
+            for r0 in range(0, mq * block_m, rows_per_chunk):
+                r1 = min(r0 + rows_per_chunk, mq * block_m)
+                q = torch.arange(r0, r1, device=device)
+                m = mask_mod(bt, ht, q[:, None], kv[None, :])
+                if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
+                    raise TypeError("mask_mod must return a bool tensor")
+                m = m.expand(r1 - r0, mk * block_n)
+                valid = (q[:, None] < seq_len_q) & (kv[None, :] < seq_len_k)
+                m = m & valid
+                blocks = m.view((r1 - r0) // block_m, block_m, mk, block_n).permute(0, 2, 1, 3)
+                any_ = blocks.any(-1).any(-1)
+                # a block is full only if every element, valid rows included, is visible and inside Nk
+                col_valid = (kv < seq_len_k).view(mk, block_n).all(-1)
+                rows_valid = (q < seq_len_q).view(-1, block_m)
+                vis_valid_rows = (blocks | ~rows_valid[:, None, :, None]).all(-1).all(-1)
+                all_ = vis_valid_rows & col_valid[None, :] & rows_valid.any(-1)[:, None]
+                mrow = slice(r0 // block_m, r1 // block_m)
+                full[b, h, mrow] = all_
+                partial = any_ & ~all_
+                part[b, h, mrow] = partial
+                if partial.any():
+                    idx = partial.nonzero()
+                    flat = blocks[idx[:, 0], idx[:, 1]].to(torch.uint8)
+                    uniq, inverse = torch.unique(flat.view(flat.shape[0], -1), dim=0, return_inverse=True)
+                    ids = []
+                    for u in uniq.view(-1, block_m, block_n):
+                        key = u.cpu().numpy().tobytes()
+                        if key not in tile_ids:
+                            tile_ids[key] = len(tiles)
+                            tiles.append(u)
+                        ids.append(tile_ids[key])
+                    ids = torch.tensor(ids, device=device)[inverse]
+                    tile_of[b, h, r0 // block_m + idx[:, 0], idx[:, 1]] = ids
+    tiles_t = torch.stack(tiles) if tiles else torch.zeros(1, block_m, block_n, dtype=torch.uint8, device=device)
+    kv_full_num, kv_full_idx = _sorted_lists(full)
+    kv_part_num, kv_part_idx = _sorted_lists(part)
+    q_full_num, q_full_idx = _sorted_lists(full.transpose(-1, -2))
+    q_part_num, q_part_idx = _sorted_lists(part.transpose(-1, -2))
+    tile_of32 = tile_of.clamp_min(0).to(torch.int32)
+    return BlockMask(seq_len_q, seq_len_k, block_m, block_n, kv_full_num, kv_full_idx, kv_part_num, kv_part_idx,
+                     tile_of32.contiguous(), q_full_num, q_full_idx, q_part_num, q_part_idx,
+                     tile_of32.transpose(-1, -2).contiguous(), tiles_t.contiguous(), mask_mod)
+
+
+_NO_MASK = {}
+
+
+def kernel_args(block_mask: BlockMask | None, device, by_key_blocks: bool = False):
+    """Pointer/int arguments and constexprs the kernels take for a block mask (dummies when None).
+    by_key_blocks: the transposed lists (per key block, its query blocks), for dK/dV."""
+    if block_mask is None:
+        dummy = _NO_MASK.get(device)
+        if dummy is None:
+            dummy = _NO_MASK.setdefault(device, torch.zeros(1, dtype=torch.int32, device=device))
+        return ((dummy,) * 6 + (1, 1, 1, 1)), dict(HAS_MASK=False, MASK_BLOCK_M=256, MASK_BLOCK_N=256)
+    bm = block_mask
+    mb, mh, mq = bm.kv_full_num.shape
+    mk = bm.kv_full_idx.shape[-1]
+    if by_key_blocks:
+        tensors = (bm.q_full_num, bm.q_full_idx, bm.q_part_num, bm.q_part_idx, bm.q_part_tile, bm.tiles)
+        sizes = (mb, mh, mk, mq)
+    else:
+        tensors = (bm.kv_full_num, bm.kv_full_idx, bm.kv_part_num, bm.kv_part_idx, bm.kv_part_tile, bm.tiles)
+        sizes = (mb, mh, mq, mk)
+    return tensors + sizes, dict(HAS_MASK=True, MASK_BLOCK_M=bm.block_m, MASK_BLOCK_N=bm.block_n)
