@@ -97,7 +97,7 @@ def _state_fwd_kernel(
     total). h: (B*H, NC, K, V), z: (B*H, NC, K); h0/ht: (B*H, K, V) fp32, z0/zt: (B*H, K) fp32."""
     i_kv = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
-    NV: tl.constexpr = (V + BV - 1) // BV
+    NV = (V + BV - 1) // BV
     i_k = i_kv // NV
     i_v = i_kv % NV
     i_b = i_bh // H
@@ -118,18 +118,20 @@ def _state_fwd_kernel(
             b_z += tl.load(z0 + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32)
 
     rows = tl.arange(0, BT)
-    p_k = k + i_b * s_kb + i_h * s_kh + rows[None, :] * s_kn + o_k[:, None]  # (BK, BT): K^T of the chunk
-    p_v = v + i_b * s_vb + i_h * s_vh + rows[:, None] * s_vn + o_v[None, :]  # (BT, BV)
-    p_h = h + i_bh * NC * K * V + o_kv
-    p_z = z + i_bh * NC * K + o_k
+    # loop-carried scalar base pointers; the tile offsets are rebuilt from aranges each step (carrying 64-bit
+    # pointer tiles through the loop costs registers and spills)
+    p_k = k + i_b * s_kb + i_h * s_kh
+    p_v = v + i_b * s_vb + i_h * s_vh
+    p_h = h + i_bh * NC * K * V
+    p_z = z + i_bh * NC * K
     for c in range(NC):
         if STORE_ALL:
-            tl.store(p_h, b_h.to(p_h.dtype.element_ty), mask=m_kv)
+            tl.store(p_h + o_kv, b_h.to(p_h.dtype.element_ty), mask=m_kv)
             if NORMALIZE:
-                tl.store(p_z, b_z, mask=m_z)
+                tl.store(p_z + o_k, b_z, mask=m_z)
         m_t = rows < T - c * BT
-        b_kt = _load_features(p_k, m_k[:, None] & m_t[None, :], FEATURE)
-        b_v = tl.load(p_v, mask=m_t[:, None] & m_v[None, :], other=0.0)
+        b_kt = _load_features(p_k + rows[None, :] * s_kn + o_k[:, None], m_k[:, None] & m_t[None, :], FEATURE)
+        b_v = tl.load(p_v + rows[:, None] * s_vn + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
         b_h = tl.dot(b_kt, b_v, b_h, input_precision=PREC)
         if NORMALIZE:
             b_z += tl.sum(b_kt.to(tl.float32), axis=1)
@@ -157,7 +159,7 @@ def _output_fwd_kernel(
     hold the single total state (B*H, K, V) / (B*H, K), and the intra-chunk term is skipped. den: (B*H, T) fp32."""
     i_cv = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
-    NV: tl.constexpr = (V + BV - 1) // BV
+    NV = (V + BV - 1) // BV
     i_c = (i_cv // NV).to(tl.int64)
     i_v = i_cv % NV
     i_b = i_bh // H
@@ -249,7 +251,7 @@ def _state_bwd_kernel(
     state's gradient, and the non-causal total)."""
     i_kv = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
-    NV: tl.constexpr = (V + BV - 1) // BV
+    NV = (V + BV - 1) // BV
     i_k = i_kv // NV
     i_v = i_kv % NV
     i_b = i_bh // H
@@ -271,25 +273,26 @@ def _state_bwd_kernel(
 
     last = i_bh * 0 + (NC - 1)  # int64: row offsets times strides can pass 2^31
     rows = tl.arange(0, BT)
-    p_q = q + i_b * s_qb + i_h * s_qh + (last * BT + rows)[None, :] * s_qn + o_k[:, None]  # (BK, BT): Q^T
-    p_do = do + i_b * s_db + i_h * s_dh + (last * BT + rows)[:, None] * s_dn + o_v[None, :]
-    p_den = den + i_bh * T + last * BT + rows
-    p_dd = dd + i_bh * T + last * BT + rows
-    p_dh = dh + (i_bh * NC + last) * K * V + o_kv
-    p_dz = dz + (i_bh * NC + last) * K + o_k
+    # scalar base pointers at the last chunk, walked backwards (see _state_fwd_kernel)
+    p_q = q + i_b * s_qb + i_h * s_qh + last * BT * s_qn
+    p_do = do + i_b * s_db + i_h * s_dh + last * BT * s_dn
+    p_den = den + i_bh * T + last * BT
+    p_dd = dd + i_bh * T + last * BT
+    p_dh = dh + (i_bh * NC + last) * K * V
+    p_dz = dz + (i_bh * NC + last) * K
     for i in range(NC):
         c = NC - 1 - i
         if STORE_ALL:
-            tl.store(p_dh, b_dh.to(p_dh.dtype.element_ty), mask=m_kv)
+            tl.store(p_dh + o_kv, b_dh.to(p_dh.dtype.element_ty), mask=m_kv)
             if NORMALIZE:
-                tl.store(p_dz, b_dz, mask=m_z)
+                tl.store(p_dz + o_k, b_dz, mask=m_z)
         m_t = rows < T - c * BT
-        b_qt = _load_features(p_q, m_k[:, None] & m_t[None, :], FEATURE)
-        b_do = tl.load(p_do, mask=m_t[:, None] & m_v[None, :], other=0.0)
+        b_qt = _load_features(p_q + rows[None, :] * s_qn + o_k[:, None], m_k[:, None] & m_t[None, :], FEATURE)
+        b_do = tl.load(p_do + rows[:, None] * s_dn + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
         if NORMALIZE:
-            b_den = tl.load(p_den, mask=m_t, other=1.0)
+            b_den = tl.load(p_den + rows, mask=m_t, other=1.0)
             b_do = b_do.to(tl.float32) / b_den[:, None]
-            b_dd = tl.load(p_dd, mask=m_t, other=0.0)
+            b_dd = tl.load(p_dd + rows, mask=m_t, other=0.0)
             b_dz += tl.sum(b_qt.to(tl.float32) * b_dd[None, :], axis=1)
         b_dh = _mm(b_qt, b_do, b_dh, F32, PREC)
         p_q -= BT * s_qn
@@ -320,7 +323,7 @@ def _dqk_bwd_kernel(
     length of the sequence it walks and h/z/dh/dz the single total state and its gradient."""
     i_ck = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
-    NK: tl.constexpr = (K + BK - 1) // BK
+    NK = (K + BK - 1) // BK
     i_c = (i_ck // NK).to(tl.int64)
     i_k = i_ck % NK
     i_b = i_bh // H
@@ -409,7 +412,7 @@ def _dv_bwd_kernel(
     """dv of one (chunk, Dv-block) x (b, h): tril(Q K^T)^T dN + K dS_c (non-causal: K dS, over the key chunks)."""
     i_cv = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
-    NV: tl.constexpr = (V + BV - 1) // BV
+    NV = (V + BV - 1) // BV
     i_c = (i_cv // NV).to(tl.int64)
     i_v = i_cv % NV
     i_b = i_bh // H
@@ -508,12 +511,13 @@ def _recurrent_fwd_kernel(
 import torch  # noqa: E402
 
 CHUNK_SIZE = 64
+# Defaults chosen from an offline sm_90 compile (ptxas -v, no GPU): none of them spills registers at D = 128 bf16.
 CONFIGS = {
     "state_fwd": (64, 64, 4, 3),
     "output_fwd": (64, 128, 8, 2),
     "dd_bwd": (0, 128, 4, 1),
     "state_bwd": (64, 64, 4, 3),
-    "dqk_bwd": (64, 64, 4, 2),
+    "dqk_bwd": (64, 64, 8, 2),
     "dv_bwd": (64, 64, 4, 2),
     "recurrent": (0, 64, 4, 1),
 }

@@ -27,6 +27,7 @@ MODE_BLOCK_MAX = 2    # softmax: only write each block's max exponent (to build 
 BLOCK_N = 64
 BLOCK_M = 64
 NUM_WARPS = 4
+NUM_WARPS_BWD = 8  # the backward holds x~ and the (64, D) accumulator in fp32: 4 warps would use 255 registers
 
 
 @triton.jit
@@ -166,6 +167,6 @@ def favor_bwd(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor, df: torch.Tenso
     _favor_bwd_kernel[(triton.cdiv(N, BLOCK_N), B * H)](
         x, w, f, df, dx, *_strides(x), *_strides(f), *_strides(df), *_strides(dx), N, D ** -0.25,
         H=H, D=D, M=M, BN=BLOCK_N, BD=max(16, _pow2(D)), BM=BLOCK_M, KIND=kind, PREC=_prec(x.dtype),
-        num_warps=NUM_WARPS)
+        num_warps=NUM_WARPS_BWD)
     return dx
 
