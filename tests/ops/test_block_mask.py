@@ -1,0 +1,139 @@
+"""Block-sparse masks on the exact kernel, each mask against the float64 reference with the same mask
+applied densely; outputs and gradients."""
+import pytest
+import torch
+
+import hwattn
+from hwattn import masks
+from hwattn.reference import attention as reference
+from hwattn.testing import TOLERANCE, assert_rel_close
+
+DEV = "cpu" if not torch.cuda.is_available() else "cuda"
+BLOCK = 32 if DEV == "cpu" else 128
+
+
+def _dense(mask_mod, B, H, n_q, n_k):
+    b = torch.arange(B)[:, None, None, None]
+    h = torch.arange(H)[None, :, None, None]
+    q = torch.arange(n_q)[None, None, :, None]
+    kv = torch.arange(n_k)[None, None, None, :]
+    return mask_mod(b, h, q, kv).expand(B, H, n_q, n_k)
+
+
+def _check(mask_mod, B=1, H=2, H_kv=None, n_q=96, n_k=96, d=32, dtype=torch.float16, mask_b=None, mask_h=None,
+           nan_in_skipped=False):
+    H_kv = H_kv or H
+    bm = masks.create_block_mask(mask_mod, mask_b, mask_h, n_q, n_k, device=DEV, block_size=BLOCK)
+    q = torch.randn(B, n_q, H, d, device=DEV).to(dtype).requires_grad_()
+    k = torch.randn(B, n_k, H_kv, d, device=DEV).to(dtype)
+    v = torch.randn(B, n_k, H_kv, d, device=DEV).to(dtype)
+    dense = _dense(mask_mod, B, H, n_q, n_k).to(DEV)
+    if nan_in_skipped:
+        # keys no query of any head can see, in blocks the mask skips entirely: the kernel must never read them
+        unseen = ~dense.any(dim=(0, 1, 2))
+        block_unseen = unseen[: n_k // BLOCK * BLOCK].view(-1, BLOCK).all(-1).repeat_interleave(BLOCK)
+        poison = torch.zeros(n_k, dtype=torch.bool, device=DEV)
+        poison[: block_unseen.numel()] = block_unseen
+        assert poison.any(), "test needs at least one fully skipped key block"
+        k_clean, v_clean = k.clone(), v.clone()
+        k[:, poison], v[:, poison] = float("nan"), float("nan")
+    k.requires_grad_()
+    v.requires_grad_()
+    out = hwattn.flash_attention(q, k, v, block_mask=bm)
+    do = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    if nan_in_skipped:
+        k, v = k_clean, v_clean
+    x64 = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    ref = reference(*x64, mask=dense)
+    ref_grads = torch.autograd.grad(ref, x64, do.double())
+    assert_rel_close("out", out, ref, dtype)
+    for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
+        if nan_in_skipped and name != "dq":
+            g, r = g[:, ~poison], r[:, ~poison]
+        assert_rel_close(name, g, r, dtype)
+    return out, grads, bm
+
+
+MASKS = {
+    "causal": lambda: masks.causal(),
+    "sliding_window_causal": lambda: masks.and_masks(masks.causal(), masks.sliding_window(left=37)),
+    "sliding_window_two_sided": lambda: masks.sliding_window(left=20, right=11),
+    "document_causal": lambda: masks.and_masks(
+        masks.causal(), masks.document(torch.tensor([[0] * 30 + [1] * 45 + [2] * 21]).to(DEV))),
+    "prefix_lm": lambda: masks.prefix_lm(41),
+    "strided": lambda: masks.strided(12),
+    "fixed": lambda: masks.fixed(block_len=24, summary=3),
+}
+
+
+@pytest.mark.parametrize("name", list(MASKS))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_builtin_masks_match_dense_reference(name, dtype):
+    _check(MASKS[name](), dtype=dtype, n_q=96 if dtype == torch.float16 else 70,
+           n_k=96 if dtype == torch.float16 else 70)
+
+
+def test_mask_varies_per_batch_and_head_with_gqa():
+    """A per-(batch, head) mask; 4 query heads share 2 K/V heads."""
+    def mask_mod(b, h, q, kv):
+        return (kv <= q) & ((q - kv) < 16 + 20 * h + 7 * b)
+    _check(mask_mod, B=2, H=4, H_kv=2, n_q=80, n_k=80, mask_b=2, mask_h=4)
+
+
+def test_bottom_right_causal_with_unequal_lengths_and_empty_rows():
+    """Nq > Nk with bottom-right causal: the first Nq - Nk query rows see nothing -> zeros, no NaN."""
+    n_q, n_k = 90, 50
+    out, (dq, dk, dv), _ = _check(masks.causal(offset=n_k - n_q), n_q=n_q, n_k=n_k)
+    assert torch.all(out[:, : n_q - n_k] == 0) and torch.all(dq[:, : n_q - n_k] == 0)
+    assert all(torch.isfinite(t).all() for t in (out, dq, dk, dv))
+
+
+def test_skipped_blocks_are_never_read():
+    """NaN in every key block the mask leaves empty: the result is still exact, so they were skipped."""
+    n = 128
+    _check(masks.and_masks(masks.causal(), masks.sliding_window(left=10)), n_q=n, n_k=n,
+           nan_in_skipped=False)
+    # a mask whose last key blocks no query sees: keys [64, 128) invisible to all
+    _check(lambda b, h, q, kv: (kv < 64) & (kv <= q + 10), n_q=n, n_k=n, nan_in_skipped=True)
+
+
+def test_block_structure_and_density():
+    n = 256
+    bm = masks.create_block_mask(masks.and_masks(masks.causal(), masks.sliding_window(left=31)), None, None,
+                                 n, n, device="cpu", block_size=32)
+    # each query block: itself (partial, diagonal) and the previous block (partial, window edge)
+    assert bm.kv_full_num.flatten().tolist() == [0] * 8
+    assert bm.kv_part_num.flatten().tolist() == [1] + [2] * 7
+    assert abs(bm.density() - 15 / 64) < 1e-9
+    assert bm.tiles.shape[0] == 2  # the diagonal tile and the window-edge tile, stored once each
+    i = torch.arange(n)
+    assert torch.equal(bm.to_dense()[0, 0], (i[None, :] <= i[:, None]) & (i[None, :] >= i[:, None] - 31))
+
+
+def test_bad_masks_are_refused_clearly():
+    q = torch.randn(1, 64, 2, 16, dtype=torch.float16, device=DEV)
+    bm = masks.create_block_mask(masks.causal(), None, None, 64, 64, device=DEV, block_size=BLOCK)
+    with pytest.raises(TypeError, match="mask_mod must be callable"):
+        masks.create_block_mask("causal", None, None, 64, 64, device=DEV)
+    with pytest.raises(ValueError, match="block_m must be a power of two"):
+        masks.create_block_mask(masks.causal(), None, None, 64, 64, device=DEV, block_size=(24, 32))
+    with pytest.raises(ValueError, match="seq_len_q"):
+        masks.create_block_mask(masks.causal(), None, None, 0, 64, device=DEV)
+    with pytest.raises(TypeError, match="bool tensor"):
+        masks.create_block_mask(lambda b, h, q, kv: q - kv, None, None, 64, 64, device=DEV)
+    with pytest.raises(ValueError, match="built for"):
+        hwattn.flash_attention(q[:, :32], q, q, block_mask=bm)
+    with pytest.raises(ValueError, match="causal=True with a block_mask"):
+        hwattn.flash_attention(q, q, q, causal=True, block_mask=bm)
+    with pytest.raises(TypeError, match="BlockMask"):
+        hwattn.flash_attention(q, q, q, block_mask=torch.ones(64, 64, dtype=torch.bool))
+    with pytest.raises(ValueError, match="batch/heads"):
+        bm3 = masks.create_block_mask(masks.causal(), None, 3, 64, 64, device=DEV, block_size=BLOCK)
+        hwattn.flash_attention(q, q, q, block_mask=bm3)
+    with pytest.raises(ValueError, match="left must be an int >= 0"):
+        masks.sliding_window(left=-1)
+    with pytest.raises(ValueError, match="doc_ids"):
+        masks.document(torch.zeros(10))
+    with pytest.raises(ValueError, match="summary"):
+        masks.fixed(block_len=4, summary=5)
