@@ -11,6 +11,7 @@ bit-for-bit the numbers of a dense call on that sequence alone.
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -21,7 +22,7 @@ from ..._checks import check_bool, check_same, check_scale, check_tensor
 from ..._runtime import check_kernel_device, interpreting
 from .backward import _bwd_preprocess, _dkdv_inner, _dq_inner
 from .common import LN2, LOG2E, kv_block_bounds, q_block_bounds
-from .configs import autotune_enabled, autotuned, configs, fixed_config
+from .configs import _prune, autotune_enabled, configs, fixed_config
 from .forward import _fwd_inner, dot_precision, seq_bucket
 from .interface import MAX_HEAD_DIM, SUPPORTED_DTYPES
 
@@ -186,10 +187,19 @@ def _varlen_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
              + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=mask)
 
 
-# Same config tables and autotune keys as the dense kernels (the key names are kernel arguments here too).
-_fwd_autotuned = None if interpreting() else autotuned(_varlen_fwd_kernel, lambda: configs("fwd"))
-_dkdv_autotuned = None if interpreting() else autotuned(_varlen_dkdv_kernel, lambda: configs("dkdv"))
-_dq_autotuned = None if interpreting() else autotuned(_varlen_dq_kernel, lambda: configs("dq"))
+def _autotuned(kernel, kind):
+    """The dense kernels' config tables and pruning, keyed on this kernel's own arguments (newer Triton
+    refuses autotune keys that are not kernel arguments, so the dense kernels' key list is not reused)."""
+    extra = {}
+    if "cache_results" in inspect.signature(triton.autotune).parameters:
+        extra["cache_results"] = True
+    return triton.autotune(configs=configs(kind), key=["seq_bucket", "HEAD_DIM", "CAUSAL", "DOT_PRECISION"],
+                           prune_configs_by={"early_config_prune": _prune}, **extra)(kernel)
+
+
+_fwd_autotuned = None if interpreting() else _autotuned(_varlen_fwd_kernel, "fwd")
+_dkdv_autotuned = None if interpreting() else _autotuned(_varlen_dkdv_kernel, "dkdv")
+_dq_autotuned = None if interpreting() else _autotuned(_varlen_dq_kernel, "dq")
 
 
 def _launch(kernel, tuned, kind, grid_of, args, meta, head_dim, dtype):

@@ -1,0 +1,192 @@
+"""flash_decode (split-KV decoding with an LSE merge) against the float64 reference."""
+import pytest
+import torch
+
+from hwattn.ops.flash.decode import MAX_SPLITS, choose_num_splits, flash_decode
+from hwattn.reference import attention as reference
+from hwattn.testing import assert_rel_close, rel_err
+
+MAX_LEN = 70  # interpreter key blocks are 16: 70 is not a multiple, nor are most random lengths
+
+
+def _lengths(B, max_len, device="cpu", include_zero=False):
+    """Random valid lengths with 1 and the full cache always present."""
+    lens = torch.randint(2, max_len, (B,))
+    lens[0], lens[-1] = 1, max_len
+    if include_zero:
+        lens[1] = 0
+    return lens.to(torch.int32).to(device)
+
+
+def _inputs(B, n_q, h_kv, group, d, dtype, max_len=MAX_LEN, device="cpu"):
+    q = torch.randn(B, n_q, h_kv * group, d, device=device).to(dtype)
+    k = torch.randn(B, max_len, h_kv, d, device=device).to(dtype)
+    v = torch.randn(B, max_len, h_kv, d, device=device).to(dtype)
+    return q, k, v
+
+
+def _reference(q, k, v, lens, causal, softmax_scale=None):
+    """Float64, batch element by batch element over its valid cache; rows without keys: 0 and -inf."""
+    B, n_q, n_heads, d = q.shape
+    out = torch.zeros(B, n_q, n_heads, d, dtype=torch.float64, device=q.device)
+    lse = torch.full((B, n_heads, n_q), float("-inf"), dtype=torch.float64, device=q.device)
+    for b, n in enumerate(lens.tolist()):
+        if n == 0:
+            continue
+        o, l = reference(q[b:b + 1].double(), k[b:b + 1, :n].double(), v[b:b + 1, :n].double(), causal=causal,
+                         softmax_scale=softmax_scale, return_lse=True)
+        out[b], lse[b] = o[0], l[0]
+    return out, lse
+
+
+def _check(q, k, v, lens, causal=True, num_splits=None, softmax_scale=None):
+    dtype = q.dtype
+    out, lse = flash_decode(q, k, v, lens, softmax_scale=softmax_scale, num_splits=num_splits, return_lse=True,
+                            causal=causal)
+    ref, ref_lse = _reference(q, k, v, lens, causal, softmax_scale)
+    assert out.shape == q.shape and out.dtype == dtype
+    assert_rel_close("out", out, ref, dtype)
+    lse, ref_lse = lse.cpu(), ref_lse.cpu()
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse)), "lse is -inf exactly on rows that see no key"
+    finite = torch.isfinite(ref_lse)
+    if finite.any():
+        assert_rel_close("lse", lse[finite], ref_lse[finite], dtype, 1e-5)
+    return out, lse
+
+
+def _cases():
+    # every Nq x group x split choice, causal and dtype alternating
+    i = 0
+    for n_q in (1, 3, 16):
+        for group in (1, 4):
+            for splits in (None, 3):
+                causal, dtype = (i % 4) in (0, 3), (torch.float16, torch.float32)[(i // 2) % 2]
+                i += 1
+                yield pytest.param(n_q, group, splits, causal, dtype,
+                                   id=f"nq{n_q}-g{group}-s{splits}-{'causal' if causal else 'full'}-{str(dtype)[6:]}")
+
+
+@pytest.mark.parametrize("n_q,group,num_splits,causal,dtype", list(_cases()))
+def test_matches_float64_reference(n_q, group, num_splits, causal, dtype):
+    q, k, v = _inputs(3, n_q, 2, group, 32, dtype)
+    _check(q, k, v, _lengths(3, MAX_LEN), causal, num_splits)
+
+
+@pytest.mark.parametrize("num_splits", [1, 2, 5, 16])
+def test_any_split_count_gives_the_same_answer(num_splits):
+    """More splits than key blocks leaves some splits empty; they must weigh nothing in the merge."""
+    q, k, v = _inputs(2, 2, 1, 2, 16, torch.float32)
+    lens = torch.tensor([MAX_LEN, 37], dtype=torch.int32)
+    out, _ = _check(q, k, v, lens, True, num_splits)
+    one = flash_decode(q, k, v, lens, num_splits=1)
+    assert rel_err(out, one) <= 1e-6
+
+
+def test_rows_without_keys_give_zeros():
+    """cache_seqlens 0, and causal with fewer valid keys than new tokens (bottom-right: the first rows see
+    nothing), through the merge (3 splits) and the direct path (1 split)."""
+    q, k, v = _inputs(3, 5, 1, 2, 16, torch.float16)
+    lens = torch.tensor([0, 3, 40], dtype=torch.int32)
+    for splits in (1, 3):
+        out, lse = _check(q, k, v, lens, True, splits)
+        assert torch.all(out[0] == 0) and torch.all(out[1, :2] == 0)
+        assert torch.all(lse[0] == float("-inf")) and torch.all(lse[1, :, :2] == float("-inf"))
+        assert torch.isfinite(lse[1, :, 2:]).all() and torch.isfinite(lse[2]).all()
+
+
+def test_row_tiles_beyond_64_stacked_rows():
+    """Nq * group = 9 * 8 = 72 stacked rows: two row tiles per (batch, kv head), the second starting
+    mid-group."""
+    q, k, v = _inputs(2, 9, 1, 8, 16, torch.float16, max_len=40)
+    _check(q, k, v, torch.tensor([40, 23], dtype=torch.int32), True, 2)
+
+
+def test_strided_cache_views_scale_and_mqa():
+    """k/v as views of one (B, L, 2, Hkv, D) cache, q a transposed view, MQA (Hkv = 1), custom scale."""
+    B, L, D = 2, 50, 24
+    kv = torch.randn(B, L, 2, 1, D, dtype=torch.float32)
+    k, v = kv[:, :, 0], kv[:, :, 1]
+    q = torch.randn(B, 3, 2, D, dtype=torch.float32).transpose(1, 2)  # (B, Nq=2, Hq=3, D) view
+    assert not k.is_contiguous() and not q.is_contiguous()
+    _check(q, k, v, torch.tensor([17, 50], dtype=torch.int32), True, 2, softmax_scale=0.25)
+
+
+def test_large_logits():
+    q, k, v = _inputs(2, 1, 2, 4, 64, torch.float32)
+    q, k = q * 6, k * 6
+    _check(q, k, v, torch.tensor([69, 33], dtype=torch.int32), True, 4)
+
+
+def test_num_splits_heuristic():
+    sms = 132
+    # B * Hkv = 64 programs on 132 SMs: split until ~4 programs per SM
+    s = choose_num_splits(64, 32768, sms)
+    assert s * 64 >= 4 * sms and (s - 1) * 64 < 4 * sms
+    assert choose_num_splits(4 * sms, 1 << 17, sms) == 1        # enough programs already
+    assert choose_num_splits(1, 600, sms) == 2                   # never below 256 keys per split
+    assert choose_num_splits(1, 100, sms) == 1
+    assert choose_num_splits(1, 1 << 20, sms) == MAX_SPLITS
+    for programs in (1, 7, 64, 500):
+        for length in (1, 255, 4096, 131072):
+            assert 1 <= choose_num_splits(programs, length, sms) <= MAX_SPLITS
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+
+def _ok():
+    q, k, v = _inputs(2, 2, 1, 2, 16, torch.float16, max_len=20)
+    return dict(q=q, k_cache=k, v_cache=v, cache_seqlens=torch.tensor([5, 20], dtype=torch.int32))
+
+
+@pytest.mark.parametrize("change,exc,words", [
+    (dict(q=torch.randn(2, 2, 16).half()), ValueError, ["q", "4 dimensions"]),
+    (dict(q=torch.randn(2, 17, 2, 16).half()), ValueError, ["1..16", "17"]),
+    (dict(q=torch.randn(2, 2, 2, 16).double()), TypeError, ["q", "float64"]),
+    (dict(k_cache=torch.randn(2, 20, 1, 16)), ValueError, ["dtype"]),
+    (dict(v_cache=torch.randn(2, 21, 1, 16).half()), ValueError, ["same shape"]),
+    (dict(k_cache=torch.randn(3, 20, 1, 16).half(), v_cache=torch.randn(3, 20, 1, 16).half()), ValueError,
+     ["batch", "3", "2"]),
+    (dict(k_cache=torch.randn(2, 20, 1, 32).half(), v_cache=torch.randn(2, 20, 1, 32).half()), ValueError,
+     ["head_dim"]),
+    (dict(q=torch.randn(2, 2, 3, 16).half(), k_cache=torch.randn(2, 20, 2, 16).half(),
+          v_cache=torch.randn(2, 20, 2, 16).half()), ValueError, ["multiple", "3", "2"]),
+    (dict(cache_seqlens=torch.tensor([5, 20])), TypeError, ["cache_seqlens", "int64", "int32"]),
+    (dict(cache_seqlens=[5, 20]), TypeError, ["cache_seqlens", "Tensor"]),
+    (dict(cache_seqlens=torch.tensor([5], dtype=torch.int32)), ValueError, ["cache_seqlens", "(2,)"]),
+    (dict(cache_seqlens=torch.tensor([5, 21], dtype=torch.int32)), ValueError, ["cache_seqlens", "21", "20"]),
+    (dict(cache_seqlens=torch.tensor([-1, 2], dtype=torch.int32)), ValueError, ["cache_seqlens", "-1"]),
+    (dict(cache_seqlens=torch.tensor([5, 20], dtype=torch.int32, device="meta")), ValueError, ["device"]),
+    (dict(num_splits=0), ValueError, ["num_splits", "0"]),
+    (dict(num_splits=1000), ValueError, ["num_splits", "1000"]),
+    (dict(num_splits=2.0), TypeError, ["num_splits", "int"]),
+    (dict(causal="yes"), TypeError, ["causal", "bool"]),
+    (dict(return_lse=1), TypeError, ["return_lse"]),
+    (dict(softmax_scale=0.0), ValueError, ["softmax_scale", "> 0"]),
+    (dict(softmax_scale=float("inf")), ValueError, ["softmax_scale", "finite"]),
+])
+def test_bad_input_is_refused_clearly(change, exc, words):
+    args = {**_ok(), **change}
+    with pytest.raises(exc) as info:
+        flash_decode(**args)
+    for w in words:
+        assert w in str(info.value), f"{w!r} not in {info.value}"
+
+
+def test_inputs_requiring_grad_are_refused_unless_no_grad():
+    args = _ok()
+    args["q"] = args["q"].requires_grad_()
+    with pytest.raises(RuntimeError, match="forward-only"):
+        flash_decode(**args)
+    with torch.no_grad():
+        out = flash_decode(**args)
+    assert out.shape == args["q"].shape and not out.requires_grad
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n_q,group", [(1, 4), (4, 8), (16, 1)])
+def test_gpu_bf16(n_q, group):
+    torch.manual_seed(0)
+    q, k, v = _inputs(4, n_q, 2, group, 128, torch.bfloat16, max_len=3000, device="cuda")
+    lens = _lengths(4, 3000, "cuda", include_zero=True)
+    for splits in (None, 1, 7):
+        _check(q, k, v, lens, True, splits)
