@@ -12,9 +12,18 @@ __version__ = "0.1.0"
 # Public names, imported on first use so that `import hwattn` does not compile or import every method.
 _EXPORTS = {
     "flash_attention": "hwattn.ops.flash",
+    "flash_attention_varlen": "hwattn.ops.flash",
+    "flash_decode": "hwattn.ops.flash",
     "sdpa": "hwattn.ops.flash",
+    "create_block_mask": "hwattn.masks",
+    "masks": "hwattn.masks",
+    "sparse_transformer_attention": "hwattn.ops.sparse_transformer",
+    "linear_attention": "hwattn.ops.linear_attn",
+    "performer_attention": "hwattn.ops.performer",
+    "linformer_attention": "hwattn.ops.linformer",
     "reference": "hwattn.reference",
     "registry": "hwattn.registry",
+    "diagnose": "hwattn.diagnose",
 }
 
 __all__ = sorted(_EXPORTS)
