@@ -527,8 +527,10 @@ def _pow2(x: int) -> int:
     return 1 << max(0, (int(x) - 1).bit_length())
 
 
-def _blocks(name: str, K: int, V: int):
+def _blocks(name: str, K: int, V: int, BT: int = CHUNK_SIZE):
     bk, bv, warps, stages = CONFIGS[name]
+    if BT >= 128:  # (BT, BT) tiles: 4 warps spill
+        warps = max(warps, 8)
     return min(bk, max(16, _pow2(K))), min(bv, max(16, _pow2(V))), warps, stages
 
 
@@ -570,7 +572,7 @@ def chunk_fwd(q, k, v, causal: bool, normalize: bool, feature: int, h0, z0, outp
         z = torch.empty(B * H, NCk, K, device=dev, dtype=torch.float32) if normalize else dummy32
     else:
         h, z = dummy32, dummy32
-    BK, BV, warps, stages = _blocks("state_fwd", K, V)
+    BK, BV, warps, stages = _blocks("state_fwd", K, V, BT)
     _state_fwd_kernel[(triton.cdiv(K, BK) * triton.cdiv(V, BV), B * H)](
         k, v, h, z,
         h0 if h0 is not None else dummy32, z0 if z0 is not None else dummy32, ht, zt,
@@ -580,7 +582,7 @@ def chunk_fwd(q, k, v, causal: bool, normalize: bool, feature: int, h0, z0, outp
     if not causal:
         h, z = ht, zt
     NCq = triton.cdiv(Tq, BT)
-    BK, BV, warps, stages = _blocks("output_fwd", K, V)
+    BK, BV, warps, stages = _blocks("output_fwd", K, V, BT)
     _output_fwd_kernel[(NCq * triton.cdiv(V, BV), B * H)](
         q, k, v, h, z, o, den,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o), Tq, NCq, eps,
@@ -609,7 +611,7 @@ def chunk_bwd(do, q, k, v, o, saved: dict, causal: bool, normalize: bool, featur
 
     if normalize:
         dd = torch.empty(B * H, Tq, device=dev, dtype=torch.float32)
-        _, BV, warps, stages = _blocks("dd_bwd", K, V)
+        _, BV, warps, stages = _blocks("dd_bwd", K, V, BT)
         _bwd_dd_kernel[(NCq, B * H)](o, do, den, dd, *_strides(o), *_strides(do), Tq,
                                      H=H, V=V, BT=BT, BV=BV, num_warps=warps, num_stages=stages)
     else:
@@ -624,7 +626,7 @@ def chunk_bwd(do, q, k, v, o, saved: dict, causal: bool, normalize: bool, featur
         store_dh0 = True
     dh0 = torch.empty(B * H, K, V, device=dev, dtype=torch.float32) if store_dh0 else dummy32
     dz0 = torch.empty(B * H, K, device=dev, dtype=torch.float32) if (store_dh0 and normalize) else dummy32
-    BK, BV, warps, stages = _blocks("state_bwd", K, V)
+    BK, BV, warps, stages = _blocks("state_bwd", K, V, BT)
     _state_bwd_kernel[(triton.cdiv(K, BK) * triton.cdiv(V, BV), B * H)](
         q, do, den, dd, dh, dz,
         dht if dht is not None else dummy32, dzt if dzt is not None else dummy32, dh0, dz0,
@@ -636,7 +638,7 @@ def chunk_bwd(do, q, k, v, o, saved: dict, causal: bool, normalize: bool, featur
         dh, dz = dh0, dz0
 
     h, z = saved["h"], saved["z"]
-    BK, BV, warps, stages = _blocks("dqk_bwd", K, V)
+    BK, BV, warps, stages = _blocks("dqk_bwd", K, V, BT)
     NK = triton.cdiv(K, BK)
     common = dict(H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, FEATURE=feature, NORMALIZE=normalize, CAUSAL=causal,
                   F32=F32, PREC=PREC, num_warps=warps, num_stages=stages)
@@ -648,7 +650,7 @@ def chunk_bwd(do, q, k, v, o, saved: dict, causal: bool, normalize: bool, featur
         _dqk_bwd_kernel[(NCq * NK, B * H)](*args, Tq, NCq, DO_DQ=True, DO_DK=False, **common)
         _dqk_bwd_kernel[(NCk * NK, B * H)](*args, Tk, NCk, DO_DQ=False, DO_DK=True, **common)
 
-    BK, BV, warps, stages = _blocks("dv_bwd", K, V)
+    BK, BV, warps, stages = _blocks("dv_bwd", K, V, BT)
     _dv_bwd_kernel[(NCk * triton.cdiv(V, BV), B * H)](
         q, k, do, den, dh, dv, *_strides(q), *_strides(k), *_strides(do), *_strides(dv), Tk, NCk,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, FEATURE=feature, NORMALIZE=normalize, CAUSAL=causal,
