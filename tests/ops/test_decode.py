@@ -119,12 +119,12 @@ def test_large_logits():
 
 def test_num_splits_heuristic():
     sms = 132
-    # B * Hkv = 64 programs on 132 SMs: split until ~4 programs per SM
+    # B * Hkv = 64 programs on 132 SMs: split until ~16 programs per SM
     s = choose_num_splits(64, 32768, sms)
-    assert s * 64 >= 4 * sms and (s - 1) * 64 < 4 * sms
-    assert choose_num_splits(4 * sms, 1 << 17, sms) == 1        # enough programs already
-    assert choose_num_splits(1, 600, sms) == 2                   # never below 256 keys per split
-    assert choose_num_splits(1, 100, sms) == 1
+    assert s * 64 >= 16 * sms and (s - 1) * 64 < 16 * sms
+    assert choose_num_splits(16 * sms, 1 << 17, sms) == 1       # enough programs already
+    assert choose_num_splits(1, 1100, sms) == 2                  # never below 512 keys per split
+    assert choose_num_splits(1, 600, sms) == 1
     assert choose_num_splits(1, 1 << 20, sms) == MAX_SPLITS
     for programs in (1, 7, 64, 500):
         for length in (1, 255, 4096, 131072):
@@ -190,3 +190,19 @@ def test_gpu_bf16(n_q, group):
     lens = _lengths(4, 3000, "cuda", include_zero=True)
     for splits in (None, 1, 7):
         _check(q, k, v, lens, True, splits)
+
+
+def test_host_check_is_redone_after_an_in_place_change():
+    args = _ok()
+    with torch.no_grad():
+        flash_decode(**args)
+        flash_decode(**args)
+    args["cache_seqlens"] += 1  # 6 and 21 > max_cache_len 20
+    with pytest.raises(ValueError, match="21"):
+        flash_decode(**args)
+    with torch.inference_mode():  # inference tensors track no version: checked on every call
+        lens = torch.tensor([3, 20], dtype=torch.int32)
+        flash_decode(**{**args, "cache_seqlens": lens})
+        lens[0] = 30
+        with pytest.raises(ValueError, match="30"):
+            flash_decode(**{**args, "cache_seqlens": lens})

@@ -201,3 +201,17 @@ def test_gpu_bf16(causal):
     lq = [1, 300, 129, 1000, 64]
     lk = lq if not causal else [5, 300, 200, 1000, 1]
     _check(lq, lk, 4, 128, causal, torch.bfloat16, device="cuda")
+
+
+def test_host_check_is_redone_after_an_in_place_change():
+    """The cu_seqlens check is remembered per tensor and version: an in-place edit is checked again."""
+    args = _ok()
+    flash_attention_varlen(**args)
+    flash_attention_varlen(**args)  # the remembered check
+    args["cu_seqlens_q"][1] = 9
+    with pytest.raises(ValueError, match="non-decreasing"):
+        flash_attention_varlen(**args)
+    args["cu_seqlens_q"][1] = 3
+    args["cu_seqlens_k"].view(3)[2] = 11  # through a view: the version counter is shared
+    with pytest.raises(ValueError, match="cu_seqlens_k"):
+        flash_attention_varlen(**args)

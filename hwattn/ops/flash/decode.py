@@ -32,6 +32,7 @@ from .common import LN2, LOG2E, kv_block_bounds
 from .configs import autotune_enabled
 from .forward import _fwd_inner, dot_precision
 from .interface import MAX_HEAD_DIM, SUPPORTED_DTYPES
+from .varlen import HostCheckCache
 
 __all__ = ["flash_decode", "choose_num_splits"]
 
@@ -180,6 +181,7 @@ def _fixed_decode_config(head_dim: int) -> dict:
 
 
 _SM_COUNT: dict = {}
+_checked = HostCheckCache()
 
 
 def _sm_count(device: torch.device) -> int:
@@ -191,18 +193,20 @@ def _sm_count(device: torch.device) -> int:
     return _SM_COUNT[idx]
 
 
-def choose_num_splits(num_programs: int, max_cache_len: int, num_sms: int, min_keys_per_split: int = 256,
-                      waves: int = 4) -> int:
+def choose_num_splits(num_programs: int, max_cache_len: int, num_sms: int, min_keys_per_split: int = 512,
+                      programs_per_sm: int = 16) -> int:
     """How many splits of the cache per (batch, kv head, row tile).
 
-    Decoding is bound by reading the cache, and one SM keeps enough bytes in flight only with several
-    programs resident, so aim for about `waves` programs per SM over the whole grid; never cut a split
-    below `min_keys_per_split` keys (the merge and the partial writes would start to cost more than the
-    extra parallelism gives) and never above MAX_SPLITS.
+    Decoding is bound by reading the cache. Every split of a sequence does the same work, so the grid
+    runs in waves, and a last wave that is only partly full wastes up to one wave's time: aim for about
+    `programs_per_sm` programs per SM (several waves at the usual 1-2 resident programs per SM, so the
+    partial last wave costs little). The merge reads one partial output per split and row, which is
+    negligible next to the cache, so splitting is cheap; but never cut a split below `min_keys_per_split`
+    keys (each program pays a pipeline ramp-up) and never go above MAX_SPLITS.
     """
-    if num_programs >= waves * num_sms:
+    if num_programs >= programs_per_sm * num_sms:
         return 1
-    wanted = -(-waves * num_sms // num_programs)
+    wanted = -(-programs_per_sm * num_sms // num_programs)
     most = max(1, max_cache_len // min_keys_per_split)
     return max(1, min(wanted, most, MAX_SPLITS))
 
@@ -273,7 +277,9 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
 
     Rows that see no key (cache_seqlens[b] = 0, or causal with cache_seqlens[b] < Nq) give zeros. Any
     strides on q and the caches (a last dim that is not contiguous is copied once: avoid that for a
-    cache). cache_seqlens is checked on the host (one small device-to-host copy per call).
+    cache). cache_seqlens is checked on the host: one small device-to-host copy (a synchronisation) the
+    first time a cache_seqlens tensor is seen or after it changed; later calls with the same unmodified
+    tensor (the other layers of the same step) reuse that check.
 
     Forward only: no autograd. Inputs that require grad while grad mode is on are refused; use
     `flash_attention` to train, or call this under torch.no_grad() / torch.inference_mode().
@@ -324,11 +330,14 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k_cache, v_cache)):
         raise RuntimeError("flash_decode is forward-only (no autograd), but an input requires grad: call it "
                            "under torch.no_grad() / torch.inference_mode(), or use flash_attention to train")
-    lengths = cache_seqlens.cpu()
-    lo, hi = int(lengths.min()), int(lengths.max())
-    if lo < 0 or hi > max_len:
-        bad = int(lengths[(lengths < 0) | (lengths > max_len)][0])
-        raise ValueError(f"cache_seqlens must lie in [0, max_cache_len={max_len}], got {bad}")
+    hi = _checked.get((cache_seqlens,), max_len)
+    if hi is None:
+        lengths = cache_seqlens.cpu()
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo < 0 or hi > max_len:
+            bad = int(lengths[(lengths < 0) | (lengths > max_len)][0])
+            raise ValueError(f"cache_seqlens must lie in [0, max_cache_len={max_len}], got {bad}")
+        _checked.put((cache_seqlens,), max_len, hi)
     check_kernel_device("flash_decode", q, k_cache, v_cache)
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(head_dim)

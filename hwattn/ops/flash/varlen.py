@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import weakref
 
 import torch
 import triton
@@ -27,6 +28,46 @@ from .forward import _fwd_inner, dot_precision, seq_bucket
 from .interface import MAX_HEAD_DIM, SUPPORTED_DTYPES
 
 __all__ = ["flash_attention_varlen"]
+
+
+class HostCheckCache:
+    """Remembers what the host check of small index tensors (cu_seqlens, cache_seqlens) found, per tensor
+    object and version, so that a model passing the same tensor to every layer synchronises with the device
+    once per step, not once per layer. An entry is used only while the very same tensor objects are alive
+    and unmodified (their version counters unchanged: any in-place write, through any view, bumps them)."""
+
+    def __init__(self, size: int = 16):
+        self.size = size
+        self._entries: dict = {}
+
+    @staticmethod
+    def _versions(tensors):
+        try:
+            return tuple(t._version for t in tensors)
+        except RuntimeError:  # inference-mode tensors track no version: never cache them
+            return None
+
+    def get(self, tensors, extra):
+        entry = self._entries.get(tuple(id(t) for t in tensors))
+        if entry is None:
+            return None
+        refs, versions, entry_extra, result = entry
+        if (entry_extra == extra and all(r() is t for r, t in zip(refs, tensors))
+                and versions is not None and versions == self._versions(tensors)):
+            return result
+        return None
+
+    def put(self, tensors, extra, result):
+        versions = self._versions(tensors)
+        if versions is None:
+            return
+        if len(self._entries) >= self.size:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[tuple(id(t) for t in tensors)] = (tuple(weakref.ref(t) for t in tensors), versions, extra,
+                                                         result)
+
+
+_checked = HostCheckCache()
 
 
 @triton.jit
@@ -343,6 +384,10 @@ def _check_cu_seqlens(q, k, cu_seqlens_q, cu_seqlens_k) -> tuple[int, int]:
     if cu_seqlens_q.numel() != cu_seqlens_k.numel():
         raise ValueError(f"cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, got "
                          f"{cu_seqlens_q.numel() - 1} and {cu_seqlens_k.numel() - 1}")
+    tensors, totals = (cu_seqlens_q, cu_seqlens_k), (q.shape[0], k.shape[0])
+    known = _checked.get(tensors, totals)
+    if known is not None:
+        return known
     host = torch.cat([cu_seqlens_q, cu_seqlens_k]).cpu().long()
     longest = []
     for name, cu, total, tensor_name in ((("cu_seqlens_q", host[:cu_seqlens_q.numel()], q.shape[0], "q")),
@@ -357,6 +402,7 @@ def _check_cu_seqlens(q, k, cu_seqlens_q, cu_seqlens_k) -> tuple[int, int]:
         if int(cu[-1]) != total:
             raise ValueError(f"{name} must end at the number of {tensor_name} tokens ({total}), got {int(cu[-1])}")
         longest.append(int(lengths.max()))
+    _checked.put(tensors, totals, (longest[0], longest[1]))
     return longest[0], longest[1]
 
 
@@ -387,7 +433,8 @@ def flash_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
     Sequences of length 0 (in q, k or both) are allowed: they produce no rows, or rows of zeros. Head dims
     1..256. Any strides on the first two dims (a last dim that is not contiguous is copied once). q, k, v
     and the cu_seqlens share one device. The cu_seqlens are validated on the host: one small
-    device-to-host copy (a synchronisation) per call. On CPU the kernels run in Triton's interpreter when
+    device-to-host copy (a synchronisation) the first time a cu_seqlens tensor is seen; later calls with
+    the same, unmodified tensors (e.g. every layer of a model) reuse that check. On CPU the kernels run in Triton's interpreter when
     TRITON_INTERPRET=1. No dropout, no sliding window yet.
 
     Returns:
