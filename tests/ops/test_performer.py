@@ -158,6 +158,14 @@ def test_module_redraw_is_seeded():
     assert torch.equal(c.projection.cpu(), draw_projection(32, 16, seed=5))
 
 
+def test_module_keeps_projection_fp32(device):
+    mod = registry.get("performer").build(head_dim=16, num_heads=2, causal=False, nb_features=32, seed=2)
+    mod = mod.to(device=device, dtype=torch.bfloat16)
+    assert mod.projection.dtype == torch.float32 and mod.projection.device.type == torch.device(device).type
+    assert torch.equal(mod.projection.cpu(), draw_projection(32, 16, seed=2))
+    assert "projection" in mod.state_dict()
+
+
 @pytest.mark.parametrize("kernel", ["softmax", "relu"])
 def test_decode_equals_parallel(device, kernel):
     """Token-by-token decoding with the running key stabiliser equals the parallel causal form, also when a

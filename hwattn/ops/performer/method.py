@@ -47,6 +47,14 @@ class PerformerAttention(torch.nn.Module):
         self.calls = 0
         self.register_buffer("projection", draw_projection(nb_features, head_dim, seed, orthogonal))
 
+    def _apply(self, fn, *args, **kwargs):
+        # Follow device moves but keep the projection's float32 values: a module-wide .half()/.to(bf16) would
+        # round W, and exp() turns that into percent-level feature errors. The kernels use W in fp32 anyway.
+        w = self.projection
+        super()._apply(fn, *args, **kwargs)
+        self.projection = w.to(self.projection.device)
+        return self
+
     @torch.no_grad()
     def redraw(self, seed: int | None = None) -> None:
         if seed is None:
