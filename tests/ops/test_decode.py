@@ -1,6 +1,7 @@
 """flash_decode (split-KV decoding with an LSE merge) against the float64 reference."""
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from hwattn.ops.flash.decode import MAX_SPLITS, choose_num_splits, flash_decode
 from hwattn.reference import attention as reference
@@ -70,6 +71,15 @@ def _cases():
 def test_matches_float64_reference(n_q, group, num_splits, causal, dtype):
     q, k, v = _inputs(3, n_q, 2, group, 32, dtype)
     _check(q, k, v, _lengths(3, MAX_LEN), causal, num_splits)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lens=st.lists(st.integers(0, 60), min_size=1, max_size=3), n_q=st.integers(1, 16),
+       group=st.sampled_from([1, 2, 5]), d=st.integers(1, 40), splits=st.sampled_from([None, 1, 2, 6]),
+       causal=st.booleans(), fp16=st.booleans())
+def test_random_shapes(lens, n_q, group, d, splits, causal, fp16):
+    q, k, v = _inputs(len(lens), n_q, 1, group, d, torch.float16 if fp16 else torch.float32, max_len=60)
+    _check(q, k, v, torch.tensor(lens, dtype=torch.int32), causal, splits)
 
 
 @pytest.mark.parametrize("num_splits", [1, 2, 5, 16])

@@ -2,6 +2,7 @@
 dense kernel called on each sequence alone."""
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from hwattn._runtime import interpreting
 from hwattn.ops.flash.interface import flash_attention
@@ -83,6 +84,16 @@ def _cases():
 @pytest.mark.parametrize("lq,lk,group,d,causal,dtype", list(_cases()))
 def test_matches_float64_reference(lq, lk, group, d, causal, dtype):
     _check(lq, lk, group, d, causal, dtype)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lengths=st.lists(st.tuples(st.integers(0, 45), st.integers(0, 45)), min_size=1, max_size=4),
+       group=st.sampled_from([1, 3]), d=st.integers(1, 40), causal=st.booleans(), fp16=st.booleans())
+def test_random_batches(lengths, group, d, causal, fp16):
+    lq, lk = [a for a, _ in lengths], [b for _, b in lengths]
+    if sum(lq) == 0:
+        lq[0] = 1
+    _check(lq, lk, group, d, causal, torch.float16 if fp16 else torch.float32, h_kv=1)
 
 
 def test_rows_without_keys_give_zeros_and_minus_inf_lse():
