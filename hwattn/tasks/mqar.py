@@ -22,11 +22,19 @@ from ._common import IGNORE_INDEX, check_float, check_int, check_seed
 __all__ = ["mqar", "check_mqar_options"]
 
 
-def check_mqar_options(seq_len: int, num_kv_pairs: int, vocab_size: int, power_a: float, random_non_queries: bool):
+def _pair_counts(num_kv_pairs) -> list[int]:
+    if isinstance(num_kv_pairs, (list, tuple)):
+        if not num_kv_pairs:
+            raise ValueError("num_kv_pairs must be an int or a non-empty list of ints, got []")
+        return [check_int("num_kv_pairs", k, minimum=1) for k in num_kv_pairs]
+    return [check_int("num_kv_pairs", num_kv_pairs, minimum=1)]
+
+
+def check_mqar_options(seq_len: int, num_kv_pairs, vocab_size: int, power_a: float, random_non_queries: bool):
     check_int("seq_len", seq_len, minimum=4)
     if seq_len % 2:
         raise ValueError(f"seq_len must be even (queries sit on even offsets), got {seq_len}")
-    check_int("num_kv_pairs", num_kv_pairs, minimum=1)
+    num_kv_pairs = max(_pair_counts(num_kv_pairs))
     if 4 * num_kv_pairs > seq_len:
         raise ValueError(f"seq_len ({seq_len}) must be >= 4 * num_kv_pairs ({4 * num_kv_pairs}): the pairs and "
                          "their queries must fit")
@@ -39,14 +47,16 @@ def check_mqar_options(seq_len: int, num_kv_pairs: int, vocab_size: int, power_a
         raise TypeError(f"random_non_queries must be a bool, got {type(random_non_queries).__name__}")
 
 
-def mqar(num_examples: int, *, seq_len: int = 64, num_kv_pairs: int = 4, vocab_size: int = 8192,
+def mqar(num_examples: int, *, seq_len: int = 64, num_kv_pairs: int | list[int] = 4, vocab_size: int = 8192,
          power_a: float = 0.01, random_non_queries: bool = True, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate MQAR examples.
 
     Args:
         num_examples: number of sequences.
         seq_len: tokens per sequence (even, >= 4 * num_kv_pairs).
-        num_kv_pairs: key-value pairs (= queries) per sequence.
+        num_kv_pairs: key-value pairs (= queries) per sequence; a list makes a mixture (each sequence draws
+            its count uniformly from the list), like Zoology's training mixtures of easier and harder
+            segments, here all at one length.
         vocab_size: keys come from [1, vocab_size // 2), values from [vocab_size // 2, vocab_size).
             Zoology uses 8192 and notes that large vocabularies separate architectures.
         power_a: power-law exponent of the query gaps (Zoology: 0.01; 1.0 = uniform).
@@ -60,7 +70,21 @@ def mqar(num_examples: int, *, seq_len: int = 64, num_kv_pairs: int = 4, vocab_s
     check_int("num_examples", num_examples, minimum=1)
     check_mqar_options(seq_len, num_kv_pairs, vocab_size, power_a, random_non_queries)
     rng = np.random.default_rng(check_seed(seed))
-    n, k = num_examples, num_kv_pairs
+    counts = _pair_counts(num_kv_pairs)
+    if len(counts) == 1:
+        inputs, targets = _mqar(rng, num_examples, seq_len, counts[0], vocab_size, power_a, random_non_queries)
+        return torch.from_numpy(inputs), torch.from_numpy(targets)
+    choice = rng.integers(0, len(counts), size=num_examples)
+    inputs = np.empty((num_examples, seq_len), dtype=np.int64)
+    targets = np.empty((num_examples, seq_len), dtype=np.int64)
+    for i, k in enumerate(counts):
+        rows = np.nonzero(choice == i)[0]
+        if len(rows):
+            inputs[rows], targets[rows] = _mqar(rng, len(rows), seq_len, k, vocab_size, power_a, random_non_queries)
+    return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+
+def _mqar(rng, n: int, seq_len: int, k: int, vocab_size: int, power_a: float, random_non_queries: bool):
     key_vocab = vocab_size // 2
     keys = np.empty((n, k), dtype=np.int64)
     values = np.empty((n, k), dtype=np.int64)
@@ -90,4 +114,4 @@ def mqar(num_examples: int, *, seq_len: int = 64, num_kv_pairs: int = 4, vocab_s
     if random_non_queries:
         fill = rng.integers(0, vocab_size, size=inputs.shape)
         inputs = np.where(inputs == 0, fill, inputs)
-    return torch.from_numpy(np.ascontiguousarray(inputs)), torch.from_numpy(np.ascontiguousarray(targets))
+    return np.ascontiguousarray(inputs), np.ascontiguousarray(targets)
