@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..nn import Attention, RMSNorm, SwiGLU
-from ..nn.attention import DecodeState
+from ..nn import Attention, RMSNorm, ShortConv, SwiGLU
 
 __all__ = ["TransformerConfig", "Block", "DecoderLM", "EncoderClassifier", "build_model"]
 
@@ -36,6 +35,7 @@ class TransformerConfig:
     norm_eps: float = 1e-6
     num_classes: int | None = None
     pad_id: int | None = None
+    short_conv: int = 0                 # > 0: a causal depthwise conv of this width before each attention
 
     def __post_init__(self):
         for name in ("vocab_size", "dim", "num_layers", "num_heads"):
@@ -47,6 +47,8 @@ class TransformerConfig:
             raise ValueError(f"TransformerConfig.num_classes must be an int >= 2 or None, got {self.num_classes!r}")
         if self.pad_id is not None and not (isinstance(self.pad_id, int) and 0 <= self.pad_id < self.vocab_size):
             raise ValueError(f"TransformerConfig.pad_id must be None or in [0, {self.vocab_size}), got {self.pad_id!r}")
+        if isinstance(self.short_conv, bool) or not isinstance(self.short_conv, int) or self.short_conv < 0:
+            raise ValueError(f"TransformerConfig.short_conv must be an int >= 0, got {self.short_conv!r}")
         if not isinstance(self.method_options, dict):
             raise TypeError(f"TransformerConfig.method_options must be a dict, got {type(self.method_options).__name__}")
 
@@ -55,10 +57,12 @@ class TransformerConfig:
 
 
 class Block(torch.nn.Module):
-    """x + attn(norm(x)), then x + mlp(norm(x))."""
+    """x + attn(norm(x)), then x + mlp(norm(x)); with cfg.short_conv, first x + conv(norm(x))."""
 
     def __init__(self, cfg: TransformerConfig, causal: bool):
         super().__init__()
+        self.conv_norm = RMSNorm(cfg.dim, cfg.norm_eps) if cfg.short_conv else None
+        self.conv = ShortConv(cfg.dim, cfg.short_conv) if cfg.short_conv else None
         self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.attn = Attention(cfg.dim, cfg.num_heads, cfg.num_kv_heads, method=cfg.method, causal=causal,
                               rope=cfg.rope, max_seqlen=cfg.max_seqlen, rope_base=cfg.rope_base,
@@ -67,13 +71,20 @@ class Block(torch.nn.Module):
         self.mlp = SwiGLU(cfg.dim, cfg.mlp_hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv is not None:
+            x = x + self.conv(self.conv_norm(x))
         x = x + self.attn(self.attn_norm(x))
         return x + self.mlp(self.mlp_norm(x))
 
-    def step(self, x: torch.Tensor, state: DecodeState | None):
-        h, state = self.attn.step(self.attn_norm(x), state)
+    def step(self, x: torch.Tensor, state: tuple | None):
+        """Decoding; state = (attention DecodeState, conv cache), None to start."""
+        attn_state, conv_cache = state if state is not None else (None, None)
+        if self.conv is not None:
+            h, conv_cache = self.conv.step(self.conv_norm(x), conv_cache)
+            x = x + h
+        h, attn_state = self.attn.step(self.attn_norm(x), attn_state)
         x = x + h
-        return x + self.mlp(self.mlp_norm(x)), state
+        return x + self.mlp(self.mlp_norm(x)), (attn_state, conv_cache)
 
 
 def _init_weights(model: torch.nn.Module, num_layers: int, dim: int) -> None:
@@ -138,7 +149,7 @@ class DecoderLM(torch.nn.Module):
         """Hidden states (..., dim) -> logits (..., vocab_size) float32, through the tied embedding."""
         return _float32_or_64(F.linear(h, self.embed.weight))
 
-    def step(self, tokens: torch.Tensor, state: list[DecodeState] | None = None):
+    def step(self, tokens: torch.Tensor, state: list | None = None):
         """tokens (B, n_new) -> (logits (B, n_new, vocab) float32, new state); state=None starts empty."""
         _check_tokens(tokens, self.cfg.vocab_size)
         if state is not None and (not isinstance(state, list) or len(state) != len(self.blocks)):

@@ -38,6 +38,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--layers", type=int, default=None, help="Transformer blocks")
     m.add_argument("--heads", type=int, default=None, help="query heads")
     m.add_argument("--kv-heads", type=int, default=None, help="K/V heads (GQA), default = heads")
+    m.add_argument("--short-conv", type=int, default=None,
+                   help="width of a causal depthwise convolution before each attention, 0 = none (MQAR presets: "
+                        "3, as in Zoology's attention baselines; other tasks: 0)")
     m.add_argument("--method-opt", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
                    help="option of the attention method, e.g. nb_features=128 (repeatable; with compare, given "
                         "to every method that declares it)")
@@ -85,6 +88,7 @@ def config_overrides(args, method: str) -> tuple[str, dict]:
     over = {"task_options": task_options, "eval_task_options": dict(args.eval_task_opt), "method": method, "method_options": dict(args.method_opt),
             "seed": args.seed, "device": args.device, "autocast": args.autocast}
     for attr, key in (("dim", "dim"), ("layers", "num_layers"), ("heads", "num_heads"), ("kv_heads", "num_kv_heads"),
+                      ("short_conv", "short_conv"),
                       ("steps", "steps"), ("batch_size", "batch_size"), ("lr", "lr"),
                       ("weight_decay", "weight_decay"), ("warmup", "warmup_steps"), ("num_train", "num_train"),
                       ("num_eval", "num_eval"), ("eval_every", "eval_every"), ("max_time", "max_time"),

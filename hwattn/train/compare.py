@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gc
 import os
 import traceback
 
@@ -74,6 +75,7 @@ def compare(base: TrainConfig, methods: list[str] | None = None, out_dir: str | 
             continue
         cfg = dataclasses.replace(base, method=m, method_options=method_options_for(m, base.method_options),
                                   out_dir=None if out_dir is None else os.path.join(out_dir, m), resume=False)
+        gc.collect()                     # the previous method's model must not count in this one's peak memory
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         try:

@@ -15,7 +15,10 @@ class TrainConfig:
     task / task_options: a task of `hwattn.tasks.make_task`; eval_task_options override task_options for the
         held-out set (e.g. train on an MQAR mixture of pair counts, evaluate on the hardest); the held-out
         task must keep the vocabulary and length.   method / method_options: `hwattn.registry`.
-    dim, num_layers, num_heads, num_kv_heads: the model (`hwattn.models.TransformerConfig`).
+    dim, num_layers, num_heads, num_kv_heads, short_conv: the model (`hwattn.models.TransformerConfig`);
+        short_conv > 0 puts a causal depthwise convolution of that width before each attention (Zoology's
+        attention baselines do: it makes associative recall learnable in hundreds instead of many thousands
+        of steps).
     steps, batch_size: the budget; lr with linear warmup (warmup_steps), then (lr_schedule) "cosine" decay to
         lr / 10 at `steps`, or "constant" (for runs cut by max_time / target_acc).
     num_train: training examples generated once (default steps * batch_size, at most 100_000), visited in a
@@ -36,6 +39,7 @@ class TrainConfig:
     num_layers: int = 2
     num_heads: int = 2
     num_kv_heads: int | None = None
+    short_conv: int = 0
     steps: int = 500
     batch_size: int = 32
     lr: float = 1e-3
@@ -62,6 +66,8 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"TrainConfig.{name} must be a positive int, got {v!r}")
+        if isinstance(self.short_conv, bool) or not isinstance(self.short_conv, int) or self.short_conv < 0:
+            raise ValueError(f"TrainConfig.short_conv must be an int >= 0, got {self.short_conv!r}")
         for name in ("num_kv_heads", "num_train", "checkpoint_every"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
@@ -103,14 +109,16 @@ class TrainConfig:
 
 
 # Fields that must match for a checkpoint to be resumed (the rest, e.g. steps or out_dir, may change).
-MODEL_FIELDS = ("task", "task_options", "eval_task_options", "method", "method_options", "dim", "num_layers", "num_heads", "num_kv_heads",
+MODEL_FIELDS = ("task", "task_options", "eval_task_options", "method", "method_options", "dim", "num_layers",
+                "num_heads", "num_kv_heads", "short_conv",
                 "batch_size", "num_train", "seed")
 
 # Sizes per task. "cpu": a few minutes on a laptop CPU with method "naive". "gpu": bigger, for one H100.
 PRESETS: dict[str, dict[str, dict]] = {
     "cpu": {
         "mqar": dict(task_options=dict(seq_len=64, num_kv_pairs=4, vocab_size=8192), dim=128, num_layers=2,
-                     num_heads=2, steps=500, batch_size=64, lr=3e-3, warmup_steps=100, num_eval=500, eval_every=100),
+                     num_heads=2, short_conv=3, steps=400, batch_size=64, lr=3e-3, warmup_steps=50, num_eval=500,
+                     eval_every=50),
         "listops": dict(task_options=dict(min_length=20, max_length=129, max_depth=6, max_args=5, seq_len=128),
                         dim=64, num_layers=2, num_heads=2, steps=600, batch_size=32, lr=1e-3, warmup_steps=50,
                         num_eval=512, eval_every=200),
@@ -125,8 +133,8 @@ PRESETS: dict[str, dict[str, dict]] = {
     },
     "gpu": {
         "mqar": dict(task_options=dict(seq_len=512, num_kv_pairs=64, vocab_size=8192), dim=128, num_layers=2,
-                     num_heads=2, steps=3000, batch_size=128, lr=1e-3, warmup_steps=100, num_train=100_000,
-                     num_eval=2000, eval_every=250),
+                     num_heads=2, short_conv=3, steps=3000, batch_size=64, lr=3e-3, warmup_steps=100,
+                     num_train=100_000, num_eval=1000, eval_every=100),
         "listops": dict(task_options=dict(min_length=500, max_length=2000, max_depth=10, max_args=10, seq_len=2048),
                         dim=128, num_layers=4, num_heads=4, steps=2000, batch_size=32, lr=5e-4, warmup_steps=200,
                         num_train=20_000, num_eval=1000, eval_every=250),

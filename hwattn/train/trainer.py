@@ -139,7 +139,8 @@ def build_run(cfg: TrainConfig):
     if amp and device.type != "cuda":
         raise ValueError("autocast='bf16' needs a CUDA device (bf16 matmuls in the Triton interpreter are wrong)")
     mcfg = TransformerConfig(vocab_size=task.vocab_size, dim=cfg.dim, num_layers=cfg.num_layers,
-                             num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, method=cfg.method,
+                             num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, short_conv=cfg.short_conv,
+                             method=cfg.method,
                              method_options=dict(cfg.method_options), max_seqlen=task.seq_len,
                              num_classes=task.num_classes, pad_id=task.pad_id)
     torch.manual_seed(derive_seed(cfg.seed, 3))
@@ -279,7 +280,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, console=None) -> dict:
         majority = float(eval_data.targets.bincount(minlength=task.num_classes).max()) / len(eval_data)
     title = f"{task.name}/{cfg.method}"
     bar = _Bar(progress, cfg.steps, start, title, console)
-    bar.print(f"{title}: {params / 1e6:.2f}M params, {cfg.num_layers} layers, dim {cfg.dim}, seq {task.seq_len}, "
+    bar.print(f"{title}: {params / 1e6:.2f}M params, {cfg.num_layers} layers, dim {cfg.dim}"
+              f"{f', short conv {cfg.short_conv}' if cfg.short_conv else ''}, seq {task.seq_len}, "
               f"{num_train} train / {cfg.num_eval} held-out examples, device {device}"
               f"{', bf16 autocast' if amp else ''}, chance acc {task.chance_acc:.3f}"
               + (f", majority-class acc {majority:.3f}" if majority is not None else ""))

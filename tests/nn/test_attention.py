@@ -271,3 +271,22 @@ def test_rmsnorm_and_swiglu():
         rope_angles(torch.arange(4), 7)
     with pytest.raises(TypeError, match="integer"):
         rope_angles(torch.arange(4.0), 8)
+
+
+def test_short_conv_matches_conv1d_and_steps():
+    from hwattn.nn import ShortConv
+    torch.manual_seed(9)
+    conv = ShortConv(6, 3).double()
+    x = torch.randn(2, 11, 6, dtype=torch.float64)
+    # y_t = sum_i w[:, i] x_{t-i}: conv1d over the left-padded sequence with the kernel flipped
+    ref = torch.nn.functional.conv1d(torch.nn.functional.pad(x.transpose(1, 2), (2, 0)),
+                                     conv.weight.flip(-1)[:, None, :], groups=6).transpose(1, 2)
+    assert rel_err(conv(x), ref) <= 1e-12
+    y1, cache = conv.step(x[:, :4])
+    y2, cache = conv.step(x[:, 4:5], cache)
+    y3, cache = conv.step(x[:, 5:], cache)
+    assert rel_err(torch.cat([y1, y2, y3], 1), ref) <= 1e-12 and cache.shape == (2, 2, 6)
+    with pytest.raises(ValueError, match="kernel_size must be > 0"):
+        ShortConv(6, 0)
+    with pytest.raises(ValueError, match=r"\(B, N, 6\)"):
+        conv(torch.randn(2, 3, 5, dtype=torch.float64))

@@ -145,3 +145,21 @@ def test_bad_model_inputs(monkeypatch):
     with pytest.raises(ValueError, match="does not support causal"):
         DecoderLM(_cfg("fake_noncausal"))
     EncoderClassifier(_cfg("fake_noncausal", num_classes=3))
+
+
+def test_short_conv_model_decodes_and_does_not_leak():
+    torch.manual_seed(6)
+    model = DecoderLM(_cfg("naive", num_layers=2, short_conv=3))
+    tokens = torch.randint(0, 40, (2, 14))
+    full = model(tokens)
+    logits, state = model.step(tokens[:, :5])
+    pieces = [logits]
+    for t in range(5, 14):
+        logits, state = model.step(tokens[:, t:t + 1], state)
+        pieces.append(logits)
+    assert rel_err(torch.cat(pieces, 1), full) <= 1e-5
+    other = tokens.clone()
+    other[:, 8:] = (tokens[:, 8:] + 1) % 40
+    assert rel_err(model(other)[:, :8], full[:, :8]) <= 1e-6
+    with pytest.raises(ValueError, match="short_conv"):
+        _cfg("naive", short_conv=-1)
