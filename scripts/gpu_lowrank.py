@@ -1,39 +1,64 @@
-"""GPU check of the low-rank methods (issue 5): correctness of the Triton kernels on the GPU, then timings.
+"""GPU check of the low-rank methods (issue 5): correctness on the GPU, then timings against fla, in <= 150 s.
 
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-    PYTHONPATH=/tmp/site python3 scripts/gpu_lowrank.py --out $OUT
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl      # fla 0.6.0 (+ fla-core)
+    PYTHONPATH=/tmp/site python3 scripts/gpu_lowrank.py --out $OUT                    # H100: <= 150 s
+    python3 scripts/gpu_lowrank.py --smoke --out /tmp/smoke                           # CPU dry run (interpreter)
+    python3 scripts/gpu_lowrank.py --compile-check                                    # no GPU: sm_90 compile of
+                                                                                      # every kernel specialisation
 
-Sections (each guarded: one failure is printed and the rest go on; a time budget skips what would not fit):
-  1. correctness: linear attention (bf16/fp16/fp32, causal/non-causal, normalised or not, elu+1/identity), the
-     recurrent decode, Performer and Linformer against float64 references; ours and fla against each other.
-  2. a small launch-config sweep of our linear-attention kernels at N=16k (the best config is used below).
-  3. timings (triton.testing.do_bench, median), B=1, H=64, D=128, bf16, causal, N in {8k,16k,32k,64k}:
-     ours vs fla 0.6.0 chunk_linear_attn (normalize=True and False), SDPA flash causal (exact), Performer (m=256)
-     vs plain linear attention (elu+1); fwd and bwd separately; fitted exponent of time vs N.
-Writes correctness.csv, timings.csv, sweep.csv and lowrank.png under --out.
+Phases (each item prints a progress line first, checks the time left, and is guarded: a failure is printed and
+the rest goes on; a watchdog stops the run at --budget and still writes the results):
+  0. precompile: worker processes compile, in parallel, every Triton kernel the run needs (ours, and fla's autotune
+     configs, split between the workers) into Triton's on-disk cache; the main process then only loads binaries.
+  1. correctness vs float64 (bf16 mostly; the interpreter cannot check bf16 on the CPU): linear attention (identity
+     and elu+1 features, normalised or not, causal or not), Performer m=256 in bf16 and fp32, prefill + recurrent
+     decode, Linformer.
+  2. fla autotune at N=16k (all of fla's configs, compiled by the workers; benchmark time per config --fla-tune-ms),
+     then ours vs fla against float64 at the timed head count.
+  3. the bar: causal, B=1, H=64, D=128, bf16, N in {8k,16k,32k,64k}, fwd and bwd (bwd = torch.autograd.grad on a
+     retained graph, no gradient accumulation): ours and fla chunk_linear_attn, normalised and not.
+  4. Performer (m=256, chunk 64 and 128) vs plain linear attention (elu+1, and identity features) at one N (16k),
+     and SDPA flash (exact causal attention) there for scale.
+  5. report: table, ratios, fitted exponent of time vs N (goal <= 1.05), the configs fla's autotuner chose.
+  (--sweep: a launch-config sweep of our kernels at N=16k before phase 3; off by default, it costs compiles.)
+Writes at most three files under --out: lowrank.csv (every row, column "section"), lowrank.png, lowrank.log.
 """
 import argparse
 import csv
+import functools
 import os
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, REPO)
 
 T0 = time.time()
+DEADLINE = T0 + 150.0
 DEVICE = "cuda"
-DTYPE = None   # bfloat16 on the GPU (set in main)
-SMOKE = False  # --smoke: a tiny dry run on the CPU through the Triton interpreter, to test this script
+DTYPE = None      # bfloat16 on the GPU (set in main); float16 in --smoke (the interpreter's bf16 dot is wrong)
+SMOKE = False     # --smoke: a tiny dry run on the CPU through the Triton interpreter, to test this script
+WORKER = None     # (index, count) in a precompile worker process
+ROWS = []         # every CSV row; each has a "section"
+BAR_NS = (8192, 16384, 32768, 65536)
+ONE_N = 16384     # Performer vs linear, SDPA, fla's autotune, the sweep
 
 
-def S(n):
-    """A sequence length, shrunk for --smoke."""
-    return max(16, n // 16) if SMOKE else n
+class OutOfTime(BaseException):
+    """Raised by the watchdog (SIGALRM) at the budget; not an Exception, so item guards do not swallow it."""
 
 
 def elapsed():
     return time.time() - T0
+
+
+def remaining():
+    return DEADLINE - time.time()
 
 
 def log(*a):
@@ -42,16 +67,41 @@ def log(*a):
 
 def guarded(name):
     def deco(fn):
+        @functools.wraps(fn)
         def run(*a, **kw):
             try:
                 return fn(*a, **kw)
-            except Exception:
+            except Exception:  # noqa: BLE001
                 log(f"!! {name} failed:")
-                traceback.print_exc()
+                traceback.print_exc(file=sys.stdout)
                 sys.stdout.flush()
                 return None
         return run
     return deco
+
+
+def have_time(need, what):
+    """True when `need` seconds are left before the deadline; otherwise says what is skipped."""
+    if remaining() >= need:
+        return True
+    log(f"skip {what}: {remaining():.0f} s left, needs ~{need:.0f} s")
+    return False
+
+
+def S(n):
+    """A sequence length, shrunk for --smoke."""
+    return max(16, n // 64) if SMOKE else n
+
+
+def bar_shape():
+    """(B, H, D) of the timed shapes."""
+    return (1, 2, 32) if SMOKE else (1, 64, 128)
+
+
+def sync():
+    if DEVICE == "cuda":
+        import torch
+        torch.cuda.synchronize()
 
 
 # --------------------------------------------------------------------------------------------- correctness
@@ -62,182 +112,430 @@ def rel(a, b):
 
 
 def grads_vs(fn_ours, fn_ref, inputs, dtype):
-    """Run ours on `inputs` (dtype) and the reference on float64 copies; return errors of out and grads."""
+    """Run ours on `inputs` (dtype) and the reference on float64 copies; return errors of out and grads.
+    In a precompile worker only ours runs (it is there to compile; the float64 references would only cost memory)."""
     import torch
     ours = [x.detach().clone().requires_grad_() for x in inputs]
     out = fn_ours(*ours)
     do = torch.randn_like(out)
-    out.backward(do)
+    g_ours = torch.autograd.grad(out, ours, do)
+    if WORKER:
+        return []
     refs = [x.detach().double().requires_grad_() for x in inputs]
     ref = fn_ref(*refs)
-    ref.backward(do.double())
-    errs = [rel(out, ref)] + [rel(a.grad, b.grad) for a, b in zip(ours, refs)]
-    return errs
+    g_ref = torch.autograd.grad(ref, refs, do.double())
+    return [rel(out, ref)] + [rel(a, b) for a, b in zip(g_ours, g_ref)]
 
 
-@guarded("correctness")
-def section_correctness(rows):
+def record(case, dtype, errs, extra=""):
+    if WORKER:
+        return
+    from hwattn.testing import TOLERANCE
+    bound = TOLERANCE[dtype]
+    ok = all(e == e and e <= bound for e in errs)  # NaN never passes
+    ROWS.append({"section": "correctness", "case": case, "dtype": str(dtype).replace("torch.", ""),
+                 "out": errs[0], "dq": errs[1] if len(errs) > 1 else "", "dk": errs[2] if len(errs) > 2 else "",
+                 "dv": errs[3] if len(errs) > 3 else "", "bound": bound, "pass": ok, "note": extra})
+    log(f"{'PASS' if ok else 'FAIL'} {case:52s} {str(dtype):15s} " + " ".join(f"{e:.1e}" for e in errs)
+        + f"  (bound {bound:.0e}) {extra}")
+
+
+def _rand(shape, dtype, positive=False):
+    import torch
+    return (torch.rand if positive else torch.randn)(*shape, device=DEVICE, dtype=dtype)
+
+
+def corr_linear(dtype, causal, feature_map, normalize, shape):
+    """Linear attention vs the float64 quadratic form, outputs and gradients. shape = (B, N, H, D)."""
+    import torch
+    from hwattn.ops.linear_attn import linear_attention
+    from hwattn.ops.linear_attn.naive import elu_feature_map, linear_attention_naive
+    fm = None if feature_map == "identity" else "elu+1"
+    ref_fm = None if feature_map == "identity" else elu_feature_map
+    positive = feature_map == "identity"  # identity features must be non-negative for a meaningful denominator
+    q, k = (_rand(shape, dtype, positive) for _ in range(2))
+    v = _rand(shape, dtype)
+    errs = grads_vs(lambda a, b, c: linear_attention(a, b, c, causal=causal, feature_map=fm, normalize=normalize),
+                    lambda a, b, c: linear_attention_naive(a, b, c, causal=causal, feature_map=ref_fm,
+                                                           normalize=normalize)[0], (q, k, v), dtype)
+    extra = ""
+    if dtype == torch.bfloat16 and not WORKER:  # the quadratic form in bf16 itself, for the "2x PyTorch" rule
+        naive = linear_attention_naive(q, k, v, causal=causal, feature_map=ref_fm, normalize=normalize)[0]
+        ref = linear_attention_naive(q.double(), k.double(), v.double(), causal=causal, feature_map=ref_fm,
+                                     normalize=normalize)[0]
+        extra = f"naive-bf16 out err {rel(naive, ref):.1e}"
+    B, N, H, D = shape
+    record(f"linear {feature_map} {'causal' if causal else 'noncausal'} norm={normalize} {B}x{N}x{H}x{D}",
+           dtype, errs, extra)
+
+
+def corr_performer(dtype, causal, shape, m=256, chunk_size=64):
+    from hwattn.ops.performer import draw_projection, performer_attention
+    from hwattn.ops.performer.naive import performer_attention_naive
+    B, N, H, D = shape
+    w = draw_projection(m, D, seed=0, device=DEVICE)
+    q, k, v = (_rand(shape, dtype) for _ in range(3))
+    errs = grads_vs(lambda a, b, c: performer_attention(a, b, c, w, causal=causal, chunk_size=chunk_size),
+                    lambda a, b, c: performer_attention_naive(a, b, c, w.double(), causal=causal), (q, k, v), dtype)
+    record(f"performer m={m} {'causal' if causal else 'noncausal'} C={chunk_size} {B}x{N}x{H}x{D}", dtype, errs)
+
+
+def corr_decode(dtype):
     import torch
     from hwattn.ops.linear_attn import linear_attention, linear_attention_recurrent
     from hwattn.ops.linear_attn.naive import linear_attention_naive
-    from hwattn.ops.performer import draw_projection, performer_attention
-    from hwattn.ops.performer.naive import performer_attention_naive
-    from hwattn.ops.linformer import linformer_attention
-    from hwattn.reference import attention
-    from hwattn.testing import TOLERANCE
-
-    dev = DEVICE
-    bf16 = DTYPE  # bfloat16 on the GPU; float16 in --smoke runs (the interpreter's bf16 dot is wrong)
-    torch.manual_seed(0)
-
-    def record(case, dtype, errs, extra=""):
-        bound = TOLERANCE[dtype]
-        ok = all(e <= bound for e in errs)
-        rows.append({"case": case, "dtype": str(dtype).replace("torch.", ""), "out": errs[0],
-                     "dq": errs[1] if len(errs) > 1 else "", "dk": errs[2] if len(errs) > 2 else "",
-                     "dv": errs[3] if len(errs) > 3 else "", "bound": bound, "pass": ok, "note": extra})
-        log(f"{'PASS' if ok else 'FAIL'} {case:58s} {str(dtype):15s} " + " ".join(f"{e:.1e}" for e in errs)
-            + f"  (bound {bound:.0e}) {extra}")
-
-    # (kept small in number: every dtype / head dim / flag combination is a fresh Triton compile)
-    cases = [(bf16, True, (2, S(2048), 4, 128, 128)), (bf16, False, (2, S(2048), 4, 128, 128)),
-             (torch.float32, True, (2, S(1000), 4, 64, 64))]
-    for dtype, causal, (B, N, H, D, Dv) in cases:
-        q, k, v = (torch.randn(B, N, H, d, device=dev, dtype=dtype) for d in (D, D, Dv))
-        errs = grads_vs(lambda a, b, c: linear_attention(a, b, c, causal=causal),
-                        lambda a, b, c: linear_attention_naive(a, b, c, causal=causal)[0], (q, k, v), dtype)
-        extra = ""
-        if dtype == bf16:  # the quadratic form in bf16 itself, for the "2x PyTorch" rule
-            naive_bf16 = linear_attention_naive(q, k, v, causal=causal)[0]
-            ref = linear_attention_naive(q.double(), k.double(), v.double(), causal=causal)[0]
-            extra = f"naive-bf16 out err {rel(naive_bf16, ref):.1e}"
-        record(f"linear elu+1 {'causal' if causal else 'noncausal'} {B}x{N}x{H}x{D}", dtype, errs, extra)
-    # identity features (positive inputs), normalised or not, bf16
-    for normalize in (True, False):
-        q, k = (torch.rand(2, S(2048), 4, 128, device=dev, dtype=bf16) for _ in range(2))
-        v = torch.randn(2, S(2048), 4, 128, device=dev, dtype=bf16)
-        errs = grads_vs(lambda a, b, c: linear_attention(a, b, c, causal=True, feature_map=None, normalize=normalize),
-                        lambda a, b, c: linear_attention_naive(a, b, c, causal=True, feature_map=None,
-                                                               normalize=normalize)[0], (q, k, v), bf16)
-        record(f"linear identity causal normalize={normalize} 2x{S(2048)}x4x128", bf16, errs)
-    # state chaining and recurrent decode (bf16 and fp32)
-    for dtype in (bf16, torch.float32):
-        q, k, v = (torch.randn(2, 300, 4, 64, device=dev, dtype=dtype) for _ in range(3))
+    q, k, v = (_rand((2, 300, 4, 64), dtype) for _ in range(3))
+    with torch.no_grad():
         full = linear_attention(q, k, v, causal=True)
         o1, st = linear_attention(q[:, :200], k[:, :200], v[:, :200], causal=True, output_final_state=True)
         outs = [o1]
         for t in range(200, 300, 10):
             o, st = linear_attention_recurrent(q[:, t:t + 10], k[:, t:t + 10], v[:, t:t + 10], initial_state=st)
             outs.append(o)
-        ref = linear_attention_naive(q.double(), k.double(), v.double(), causal=True)[0]
-        record("prefill 200 + recurrent decode 10x10 vs float64", dtype, [rel(torch.cat(outs, 1), ref)],
-               f"(parallel form: {rel(full, ref):.1e})")
-    # performer
-    for dtype, causal in ((bf16, True), (bf16, False), (torch.float32, True)):
-        w = draw_projection(256, 64, seed=0, device=dev)
-        q, k, v = (torch.randn(1, S(1024), 4, 64, device=dev, dtype=dtype) for _ in range(3))
-        errs = grads_vs(lambda a, b, c: performer_attention(a, b, c, w, causal=causal),
-                        lambda a, b, c: performer_attention_naive(a, b, c, w.double(), causal=causal),
-                        (q, k, v), dtype)
-        record(f"performer m=256 {'causal' if causal else 'noncausal'} 1x{S(1024)}x4x64", dtype, errs)
-    # linformer: identity projections = softmax attention
-    q, k, v = (torch.randn(2, S(512), 4, 64, device=dev, dtype=bf16) for _ in range(3))
-    eye = torch.eye(S(512), device=dev)
-    record("linformer k=n identity vs softmax attention", bf16,
+    if WORKER:
+        return
+    ref = linear_attention_naive(q.double(), k.double(), v.double(), causal=True)[0]
+    record("prefill 200 + recurrent decode 10x10 vs float64", dtype, [rel(torch.cat(outs, 1), ref)],
+           f"(parallel form: {rel(full, ref):.1e})")
+
+
+def corr_linformer(dtype):
+    if WORKER:  # nothing to compile: GEMMs and SDPA
+        return
+    import torch
+    from hwattn.ops.linformer import linformer_attention
+    from hwattn.reference import attention
+    n = S(512)
+    q, k, v = (_rand((2, n, 4, 64), dtype) for _ in range(3))
+    eye = torch.eye(n, device=DEVICE)
+    record("linformer k=n identity vs softmax attention", dtype,
            [rel(linformer_attention(q, k, v, eye), attention(q.double(), k.double(), v.double()))])
-    del q, k, v
-    torch.cuda.empty_cache()
+
+
+def correctness_items():
+    """(name, callable) in run order. The first ones use the timed kernels' specialisation (H=64, D=128, lengths
+    and chunk counts multiples of 16), so they share compiled binaries with the timings."""
+    import torch
+    bf16, f32 = DTYPE, torch.float32
+    B, H, D = bar_shape()
+    bar = (B, S(2048), H, D)
+    small = (2, S(1000), 4, 64)
+    return [
+        ("linear identity causal norm (timed kernels)", lambda: corr_linear(bf16, True, "identity", True, bar)),
+        ("linear identity causal nonorm (timed kernels)", lambda: corr_linear(bf16, True, "identity", False, bar)),
+        ("linear elu+1 causal (timed kernels)", lambda: corr_linear(bf16, True, "elu+1", True, bar)),
+        ("performer causal (timed kernels)", lambda: corr_performer(bf16, True, bar)),
+        ("performer causal C=128 (timed kernels)", lambda: corr_performer(bf16, True, bar, chunk_size=128)),
+        ("performer causal fp32 (triton 3.6 compile failure)", lambda: corr_performer(f32, True, (1, S(1024), 4, 64))),
+        ("performer noncausal fp32", lambda: corr_performer(f32, False, (1, S(1024), 4, 64))),
+        ("performer noncausal bf16", lambda: corr_performer(bf16, False, (1, S(1024), 4, 64))),
+        ("linear elu+1 noncausal bf16", lambda: corr_linear(bf16, False, "elu+1", True, (2, S(2048), 4, 128))),
+        ("linear elu+1 causal fp32", lambda: corr_linear(f32, True, "elu+1", True, small)),
+        ("linear identity causal fp32", lambda: corr_linear(f32, True, "identity", True, small)),
+        ("decode bf16", lambda: corr_decode(bf16)),
+        ("decode fp32", lambda: corr_decode(f32)),
+        ("linformer", lambda: corr_linformer(bf16)),
+    ]
+
+
+# --------------------------------------------------------------------------------------------- fla
+
+def fla_fn():
+    """fla's chunk_linear_attn or None (printed why)."""
+    if SMOKE:
+        return None
+    try:
+        from fla.ops.linear_attn import chunk_linear_attn
+        return chunk_linear_attn
+    except Exception as e:  # noqa: BLE001
+        log(f"fla not importable: {type(e).__name__}: {e}")
+        return None
+
+
+def fla_autotuners():
+    """{name: triton Autotuner} of every autotuned kernel fla has imported so far (unwrapping @heuristics)."""
+    from triton.runtime.autotuner import Autotuner
+    found, seen = {}, set()
+    for modname, mod in list(sys.modules.items()):
+        if not modname.startswith("fla.") or mod is None:
+            continue
+        for attr, obj in list(vars(mod).items()):
+            depth = 0
+            while obj is not None and not isinstance(obj, Autotuner) and depth < 4:
+                obj = getattr(obj, "fn", None)
+                depth += 1
+            if isinstance(obj, Autotuner) and id(obj) not in seen:
+                seen.add(id(obj))
+                found[f"{modname[4:]}.{attr}"] = obj
+    return found
+
+
+def fla_call(fn, normalize):
+    # fla scales q by `scale`; with normalize=True it cancels, without it scale=1 matches ours
+    return lambda q, k, v: fn(q, k, v, scale=1.0, normalize=normalize)[0]
+
+
+def run_fwd_bwd_once(fn, inputs):
+    import torch
+    out = fn(*inputs)
+    torch.autograd.grad(out, inputs, torch.randn_like(out))
+    sync()
+
+
+# --------------------------------------------------------------------------------------------- precompile
+
+def worker_main(index, count):
+    """Precompile worker `index` of `count`: fla fwd+bwd (normalised and not) with slice `index` of every fla
+    autotuner's configs, each config compiled and run once (no benchmark), then its share of the correctness items
+    (their numbers are thrown away; they cover the timed kernels' specialisations). The point is that Triton
+    writes every compiled kernel to its on-disk cache, where the main process finds it."""
+    fla = fla_fn()
+    if fla is not None:
+        qkv = make_inputs(2048, DTYPE)  # T is not specialised in fla's kernels; B, H, K, V are (autotune keys)
+        t = time.time()
+        tuners = fla_autotuners()  # importing chunk_linear_attn imported its kernels: slice before anything tunes
+        for at in tuners.values():
+            configs = list(at.configs)
+            at.configs = configs[index::count] or [configs[index % len(configs)]]
+            at.__dict__["do_bench"] = lambda call, quantiles=None, **kw: (call(), [1.0, 1.0, 1.0])[1]
+        for normalize in (True, False):
+            try:
+                run_fwd_bwd_once(fla_call(fla, normalize), qkv)
+            except Exception as e:  # noqa: BLE001
+                log(f"worker {index}: fla normalize={normalize} failed: {type(e).__name__}: {str(e)[:300]}")
+        late = set(fla_autotuners()) - set(tuners)
+        log(f"worker {index}: fla configs slice {index}::{count} compiled in {time.time() - t:.1f} s"
+            + (f" (not sliced, imported late: {sorted(late)})" if late else ""))
+        del qkv
+    items = correctness_items()
+    for name, item in items[index::count]:
+        t = time.time()
+        try:
+            item()
+            log(f"worker {index}: {name} compiled in {time.time() - t:.1f} s")
+        except Exception as e:  # noqa: BLE001
+            log(f"worker {index}: {name} failed: {type(e).__name__}: {str(e)[:300]}")
+
+
+def start_workers(count, args):
+    logs = tempfile.mkdtemp(prefix="lowrank_precompile_")  # not under --out: at most 3 files go there
+    procs = []
+    for i in range(count):
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", f"{i}/{count}", "--out", logs]
+        if SMOKE:
+            cmd.append("--smoke")
+        f = open(os.path.join(logs, f"worker{i}.log"), "w")
+        procs.append((subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ)), f,
+                      os.path.join(logs, f"worker{i}.log")))
+    return procs
+
+
+def wait_workers(procs, limit_s):
+    """Wait for the precompile workers (at most limit_s); kill the rest; print what they said that matters."""
+    t_end = time.time() + limit_s
+    last = time.time()
+    while any(p.poll() is None for p, _, _ in procs) and time.time() < t_end:
+        time.sleep(0.5)
+        if time.time() - last > 10:
+            log(f"precompile: {sum(p.poll() is not None for p, _, _ in procs)}/{len(procs)} workers done")
+            last = time.time()
+    for i, (p, f, path) in enumerate(procs):
+        if p.poll() is None:
+            log(f"precompile: worker {i} still running at the limit, stopped")
+            p.kill()
+            p.wait()
+        f.close()
+        with open(path) as fh:
+            lines = fh.read().splitlines()
+        said = [ln for ln in lines if f"worker {i}:" in ln]
+        errors = [ln for ln in lines if "Error" in ln or "error:" in ln or "Assertion" in ln]
+        for ln in said + errors[:3]:
+            print("   ", ln[:300])
+        if p.returncode not in (0, None) and not said:
+            print("    worker", i, "exit", p.returncode, "; last lines:", " | ".join(lines[-3:])[:400])
+    if procs:
+        shutil.rmtree(os.path.dirname(procs[0][2]), ignore_errors=True)
+    sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------------------------- timing
+
+def bench(fn, rep=100):
+    if SMOKE:  # no GPU: wall clock of one call, only to exercise the code
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
+    from triton.testing import do_bench
+    return do_bench(fn, warmup=25, rep=rep, return_mode="median")
+
+
+def fwd_bwd(fn, inputs, rep=100):
+    """(fwd ms, bwd ms): the backward is torch.autograd.grad on a retained graph (no accumulation into .grad)."""
+    import torch
+    fwd = bench(lambda: fn(*inputs), rep)
+    out = fn(*inputs)
+    do = torch.randn_like(out)
+    bwd = bench(lambda: torch.autograd.grad(out, inputs, do, retain_graph=True), rep)
+    return fwd, bwd
+
+
+def make_inputs(N, dtype, positive=True):
+    B, H, D = bar_shape()
+    q, k = (_rand((B, N, H, D), dtype, positive) for _ in range(2))
+    v = _rand((B, N, H, D), dtype)
+    return [x.requires_grad_() for x in (q, k, v)]
+
+
+def time_item(provider, N, fn, inputs, est_s):
+    """Time one (provider, N): progress line first, skipped when the time left is below est_s."""
+    if not have_time(est_s, f"{provider} N={N}"):
+        return None
+    log(f"timing {provider} N={N} ...")
+    try:
+        f, b = fwd_bwd(fn, inputs)
+    except Exception as e:  # noqa: BLE001
+        log(f"!! {provider} N={N}: {type(e).__name__}: {str(e)[:300]}")
+        return None
+    ROWS.append({"section": "timing", "provider": provider, "N": N, "fwd_ms": f, "bwd_ms": b, "total_ms": f + b})
+    log(f"N={N:6d} {provider:22s} fwd {f:8.3f} ms  bwd {b:8.3f} ms  total {f + b:8.3f} ms")
+    return f, b
+
+
+@guarded("fla autotune")
+def fla_tune(fn, tune_ms):
+    """fla autotunes on its first call per kernel (the key has no sequence length): do it at N=ONE_N, fwd+bwd,
+    normalised and not, with every config; compiles come from the workers' cache. Benchmark time per config:
+    tune_ms (Triton's default is 100)."""
+    import triton.testing
+    qkv = make_inputs(S(ONE_N), DTYPE)
+    for at in fla_autotuners().values():
+        at.__dict__["do_bench"] = functools.partial(triton.testing.do_bench, warmup=max(1, tune_ms // 4), rep=tune_ms)
+    t = time.time()
+    for normalize in (True, False):
+        log(f"fla autotune normalize={normalize} ...")
+        run_fwd_bwd_once(fla_call(fn, normalize), qkv)
+    log(f"fla autotune (fwd+bwd, normalised and not, N={S(ONE_N)}): {time.time() - t:.1f} s")
+    report_fla_configs()
+
+
+def report_fla_configs():
+    for name, at in sorted(fla_autotuners().items()):
+        for key, best in getattr(at, "cache", {}).items():
+            ROWS.append({"section": "fla_config", "case": name, "note": f"{best}", "out": len(at.configs)})
+            log(f"fla {name}: {best} (of {len(at.configs)} configs; key {key})")
 
 
 @guarded("fla cross-check")
-def section_fla_check(rows):
+def fla_check(fn):
     import torch
-    from fla.ops.linear_attn import chunk_linear_attn
     from hwattn.ops.linear_attn import linear_attention
     from hwattn.ops.linear_attn.naive import linear_attention_naive
-    torch.manual_seed(1)
+    B, H, D = bar_shape()
     for normalize in (True, False):
-        # H = 64, D = 128 as in the timings, so fla autotunes once for both
-        q, k = (torch.rand(1, 2048, 64, 128, device=DEVICE, dtype=torch.bfloat16) for _ in range(2))
-        v = torch.randn(1, 2048, 64, 128, device=DEVICE, dtype=torch.bfloat16)
-        ref = linear_attention_naive(q.double(), k.double(), v.double(), causal=True, feature_map=None,
-                                     normalize=normalize)[0]
-        ours = linear_attention(q, k, v, causal=True, feature_map=None, normalize=normalize)
-        # fla scales q by `scale`; with normalize=True it cancels, without it we pass scale=1 to compare
-        theirs = chunk_linear_attn(q, k, v, scale=1.0, normalize=normalize)[0]
+        q, k = (_rand((B, S(2048), H, D), DTYPE, True) for _ in range(2))
+        v = _rand((B, S(2048), H, D), DTYPE)
+        with torch.no_grad():
+            ref = linear_attention_naive(q.double(), k.double(), v.double(), causal=True, feature_map=None,
+                                         normalize=normalize)[0]
+            ours = linear_attention(q, k, v, causal=True, feature_map=None, normalize=normalize)
+            theirs = fla_call(fn, normalize)(q, k, v)
         e_ours, e_fla, e_between = rel(ours, ref), rel(theirs, ref), rel(ours, theirs)
-        rows.append({"case": f"ours vs fla vs float64, identity features, normalize={normalize} 1x2048x64x128",
-                     "dtype": "bfloat16", "out": e_ours, "dq": "", "dk": "", "dv": "", "bound": 1e-2,
+        ROWS.append({"section": "correctness", "case": f"ours vs fla vs float64 identity causal norm={normalize} "
+                     f"{B}x{S(2048)}x{H}x{D}", "dtype": "bfloat16", "out": e_ours, "bound": 1e-2,
                      "pass": e_ours <= 1e-2, "note": f"fla err {e_fla:.1e}, ours-fla {e_between:.1e}"})
         log(f"normalize={normalize}: ours err {e_ours:.1e}, fla err {e_fla:.1e}, ours vs fla {e_between:.1e} "
             "(vs float64 quadratic form, bf16 inputs)")
 
 
-# --------------------------------------------------------------------------------------------- timing
-
-def bench(fn, rep=40):
-    if SMOKE:  # no GPU: wall clock of two calls, only to exercise the code
-        fn()
-        t = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t) * 1e3
-    from triton.testing import do_bench
-    return do_bench(fn, warmup=10, rep=rep, return_mode="median")
-
-
-def fwd_bwd(fn, inputs, rep=40):
-    """(fwd ms, bwd ms): the backward timed alone on a retained graph, grads reset between runs."""
+def bar_timings(fla):
+    """The bar: ours vs fla, normalised and not, at every N; biggest N last so a short budget still gives a fit."""
     import torch
-    fwd = bench(lambda: fn(*inputs), rep)
-    out = fn(*inputs)
-    do = torch.randn_like(out)
-    bwd = bench(lambda: out.backward(do, retain_graph=True), rep) if out.requires_grad else float("nan")
-    for x in inputs:
-        x.grad = None
-    del out, do
-    return fwd, bwd
+    from hwattn.ops.linear_attn import linear_attention
+    providers = [("ours norm", lambda q, k, v: linear_attention(q, k, v, causal=True, feature_map=None)),
+                 ("fla norm", None if fla is None else fla_call(fla, True)),
+                 ("ours nonorm", lambda q, k, v: linear_attention(q, k, v, causal=True, feature_map=None,
+                                                                  normalize=False)),
+                 ("fla nonorm", None if fla is None else fla_call(fla, False))]
+    for N in BAR_NS:
+        n = S(N)
+        est = 2.0 + 3.0 * N / 65536  # per item: two do_bench runs (fwd, bwd) plus the inputs
+        if not have_time(est * 4, f"bar timings at N={N} and above"):
+            return
+        log(f"bar: N={N} inputs ...")
+        qkv = make_inputs(n, DTYPE)
+        for name, fn in providers:
+            if fn is not None:
+                time_item(name, n, fn, qkv, est)
+        del qkv
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
 
 
-def make_inputs(N, dtype, B=1, H=64, D=128, positive=True):
-    import torch
-    if SMOKE:
-        H, D = 2, 32
-    gen = torch.rand if positive else torch.randn
-    q, k = (gen(B, N, H, D, device=DEVICE, dtype=dtype) for _ in range(2))
-    v = torch.randn(B, N, H, D, device=DEVICE, dtype=dtype)
-    return [x.requires_grad_() for x in (q, k, v)]
+def performer_timings():
+    """Performer (m=256) fwd+bwd vs plain linear attention (elu+1; identity features too) at N=ONE_N, and SDPA
+    flash (exact causal attention) for scale."""
+    import torch.nn.functional as F
+    from hwattn.ops.linear_attn import linear_attention
+    from hwattn.ops.performer import draw_projection, performer_attention
+    B, H, D = bar_shape()
+    n = S(ONE_N)
+    w = draw_projection(256, D, seed=0, device=DEVICE)
+    if not have_time(8, "performer timings"):
+        return
+    qkv = make_inputs(n, DTYPE, positive=False)
+    for name, fn in (("ours elu+1", lambda q, k, v: linear_attention(q, k, v, causal=True)),
+                     ("performer m=256", lambda q, k, v: performer_attention(q, k, v, w, causal=True)),
+                     ("performer m=256 C=128", lambda q, k, v: performer_attention(q, k, v, w, causal=True,
+                                                                                   chunk_size=128))):
+        time_item(name, n, fn, qkv, 3)
+    if have_time(6, "sdpa flash"):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        qh, kh, vh = (x.detach().transpose(1, 2).contiguous().requires_grad_() for x in qkv)
+        backend = SDPBackend.MATH if SMOKE else SDPBackend.FLASH_ATTENTION
+
+        def sdpa(a, b, c):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(a, b, c, is_causal=True)
+        time_item("sdpa flash causal", n, sdpa, (qh, kh, vh), 5)
+        del qh, kh, vh
+    del qkv
+
+
+# (BK, BV, num_warps, num_stages) per kernel that section_sweep tries; first = the default
+SWEEP_CANDIDATES = {
+    "output_fwd": [(64, 128, 8, 2), (64, 64, 4, 2), (128, 128, 8, 2), (64, 128, 4, 3)],
+    "state_fwd": [(64, 64, 4, 3), (64, 64, 8, 3), (64, 128, 8, 3), (64, 64, 4, 4)],
+    "dqk_bwd": [(64, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 2), (128, 64, 8, 2)],
+    "dv_bwd": [(64, 64, 4, 2), (64, 128, 8, 2), (32, 128, 4, 2), (64, 128, 4, 2)],
+    "state_bwd": [(64, 64, 4, 3), (64, 64, 8, 3), (64, 128, 8, 3), (64, 64, 4, 4)],
+}
 
 
 @guarded("sweep")
-def section_sweep(rows, budget_end):
-    """Try a few launch configs per kernel at N=16k; keep the fastest of each (others at their defaults)."""
+def section_sweep(budget_end):
+    """--sweep: try a few launch configs per kernel at N=ONE_N; keep the fastest of each (others at defaults).
+    Every candidate is a fresh compile (~1-2 s each on the host CPU), so this is off by default."""
     import torch
     from hwattn.ops.linear_attn import kernels, linear_attention
-    N = 128 if SMOKE else 16384
-    q, k, v = make_inputs(N, DTYPE)
+    q, k, v = make_inputs(S(ONE_N), DTYPE)
     fn = lambda a, b, c: linear_attention(a, b, c, causal=True, feature_map=None)  # noqa: E731
-    candidates = {  # (BK, BV, num_warps, num_stages); first = the default
-        "output_fwd": [(64, 128, 8, 2), (64, 64, 4, 2), (128, 128, 8, 2), (64, 128, 4, 3)],
-        "state_fwd": [(64, 64, 4, 3), (64, 64, 8, 3), (64, 128, 8, 3), (64, 64, 4, 4)],
-        "dqk_bwd": [(64, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 2), (128, 64, 8, 2)],
-        "dv_bwd": [(64, 64, 4, 2), (64, 128, 8, 2), (32, 128, 4, 2), (64, 128, 4, 2)],
-        "state_bwd": [(64, 64, 4, 3), (64, 64, 8, 3), (64, 128, 8, 3), (64, 64, 4, 4)],
-    }
-    for name, cfgs in candidates.items():
+    for name, cfgs in SWEEP_CANDIDATES.items():
         best = None
         default = kernels.CONFIGS[name]
         for cfg in cfgs:
             if time.time() > budget_end:
                 log(f"sweep: out of time at {name}")
+                kernels.CONFIGS[name] = default if best is None else best[1]
                 return
             kernels.CONFIGS[name] = cfg
+            log(f"sweep {name} {cfg} ...")
             try:
                 f, b = fwd_bwd(fn, (q, k, v), rep=25)
-            except Exception as e:  # e.g. out of shared memory for a big tile
+            except Exception as e:  # noqa: BLE001  e.g. out of shared memory for a big tile
                 log(f"sweep {name} {cfg}: {type(e).__name__}: {str(e)[:120]}")
                 continue
             t = f if name.endswith("fwd") else b
-            rows.append({"kernel": name, "config": str(cfg), "fwd_ms": f, "bwd_ms": b})
+            ROWS.append({"section": "sweep", "case": name, "note": str(cfg), "fwd_ms": f, "bwd_ms": b})
             log(f"sweep {name:10s} {str(cfg):18s} fwd {f:7.3f} ms  bwd {b:7.3f} ms")
             if best is None or t < best[0]:
                 best = (t, cfg)
@@ -247,66 +545,7 @@ def section_sweep(rows, budget_end):
     torch.cuda.empty_cache()
 
 
-@guarded("timings")
-def section_timings(rows, Ns, budget_end, skip_sdpa_above):
-    import torch
-    import torch.nn.functional as F
-    from hwattn.ops.linear_attn import linear_attention
-    from hwattn.ops.performer import draw_projection, performer_attention
-    try:
-        from fla.ops.linear_attn import chunk_linear_attn
-    except Exception as e:
-        chunk_linear_attn = None
-        log(f"fla not importable: {type(e).__name__}: {e}")
-    w = draw_projection(256, 32 if SMOKE else 128, seed=0, device=DEVICE)
-    providers = [
-        ("ours norm", lambda q, k, v: linear_attention(q, k, v, causal=True, feature_map=None)),
-        ("fla norm", None if chunk_linear_attn is None else
-         (lambda q, k, v: chunk_linear_attn(q, k, v, normalize=True)[0])),
-        ("ours nonorm", lambda q, k, v: linear_attention(q, k, v, causal=True, feature_map=None, normalize=False)),
-        ("fla nonorm", None if chunk_linear_attn is None else
-         (lambda q, k, v: chunk_linear_attn(q, k, v, scale=1.0, normalize=False)[0])),
-        ("ours elu+1", lambda q, k, v: linear_attention(q, k, v, causal=True)),
-        ("performer m=256", lambda q, k, v: performer_attention(q, k, v, w, causal=True)),
-        ("performer C=128", lambda q, k, v: performer_attention(q, k, v, w, causal=True, chunk_size=128)),
-        ("sdpa flash causal", "sdpa"),
-    ]
-    # Phases, so that the bar (ours vs fla at every N) is measured first if time runs short.
-    phases = [providers[:4], providers[4:6], providers[6:]]
-    for phase in phases:
-        for N in Ns:
-            qkv = None
-            for name, fn in phase:
-                if fn is None:
-                    continue
-                if time.time() > budget_end:
-                    log(f"timings: out of time before {name} N={N}")
-                    return
-                if fn == "sdpa" and N > skip_sdpa_above:
-                    continue
-                if qkv is None:
-                    qkv = make_inputs(N, DTYPE)
-                try:
-                    if fn == "sdpa":
-                        from torch.nn.attention import SDPBackend, sdpa_kernel
-                        qh, kh, vh = (x.detach().transpose(1, 2).contiguous().requires_grad_() for x in qkv)
-                        backend = SDPBackend.MATH if SMOKE else SDPBackend.FLASH_ATTENTION
-
-                        def sdpa(a, b, c):
-                            with sdpa_kernel(backend):
-                                return F.scaled_dot_product_attention(a, b, c, is_causal=True)
-                        f, b = fwd_bwd(sdpa, (qh, kh, vh), rep=20)
-                        del qh, kh, vh
-                    else:
-                        f, b = fwd_bwd(fn, qkv)
-                except Exception as e:
-                    log(f"{name} N={N}: {type(e).__name__}: {str(e)[:300]}")
-                    continue
-                rows.append({"N": N, "provider": name, "fwd_ms": f, "bwd_ms": b, "total_ms": f + b})
-                log(f"N={N:6d} {name:18s} fwd {f:8.3f} ms  bwd {b:8.3f} ms")
-            del qkv
-            torch.cuda.empty_cache() if DEVICE == "cuda" else None
-
+# --------------------------------------------------------------------------------------------- report
 
 def fit_exponent(Ns, ts):
     import numpy as np
@@ -318,7 +557,7 @@ def fit_exponent(Ns, ts):
 def write_csv(path, rows):
     if not rows:
         return
-    keys = list(rows[0].keys())
+    keys = []
     for r in rows:
         for key in r:
             if key not in keys:
@@ -330,33 +569,41 @@ def write_csv(path, rows):
 
 
 @guarded("report")
-def report(out, timing_rows):
+def report(out):
+    timing_rows = [r for r in ROWS if r["section"] == "timing"]
     by = {}
     for r in timing_rows:
         by.setdefault(r["provider"], {})[r["N"]] = r
     Ns = sorted({r["N"] for r in timing_rows})
-    print("\n=== causal, B=1, H=64, D=128, bf16; milliseconds (median, do_bench) ===")
-    print(f"{'provider':18s} " + " ".join(f"{'N=' + str(n):>19s}" for n in Ns) + "   exp fwd/bwd")
+    B, H, D = bar_shape()
+    print(f"\n=== causal, B={B}, H={H}, D={D}, {str(DTYPE).replace('torch.', '')}; ms (median, do_bench); "
+          "fwd / bwd ===")
+    print(f"{'provider':22s} " + " ".join(f"{'N=' + str(n):>19s}" for n in Ns) + "   exponent fwd/bwd/total")
     for name, d in by.items():
-        cells = []
-        for n in Ns:
-            r = d.get(n)
-            cells.append(f"{r['fwd_ms']:8.2f} /{r['bwd_ms']:8.2f}" if r else f"{'-':>19s}")
+        cells = [f"{d[n]['fwd_ms']:8.2f} /{d[n]['bwd_ms']:8.2f}" if n in d else f"{'-':>19s}" for n in Ns]
         ns = [n for n in Ns if n in d]
-        ef = fit_exponent(ns, [d[n]["fwd_ms"] for n in ns])
-        eb = fit_exponent(ns, [d[n]["bwd_ms"] for n in ns])
-        print(f"{name:18s} " + " ".join(f"{c:>19s}" for c in cells) + f"   {ef:.3f}/{eb:.3f}")
-    print("\n=== ratios (< 1: ours faster) ===")
-    for ours, theirs in (("ours norm", "fla norm"), ("ours nonorm", "fla nonorm"), ("ours elu+1", "fla norm"),
-                         ("performer m=256", "ours elu+1"), ("performer C=128", "ours elu+1")):
-        if ours in by and theirs in by:
+        exps = [fit_exponent(ns, [d[n][key] for n in ns]) for key in ("fwd_ms", "bwd_ms", "total_ms")]
+        if len(ns) >= 2:
+            ROWS.append({"section": "exponent", "provider": name, "fwd_ms": exps[0], "bwd_ms": exps[1],
+                         "total_ms": exps[2], "note": f"log-log fit over N={ns}"})
+        print(f"{name:22s} " + " ".join(f"{c:>19s}" for c in cells) + "   "
+              + ("/".join(f"{e:.3f}" for e in exps) if len(ns) >= 2 else "-"))
+    print("\n=== ratios (< 1: the first is faster) ===")
+    for a_name, b_name in (("ours norm", "fla norm"), ("ours nonorm", "fla nonorm"),
+                           ("performer m=256", "ours elu+1"), ("performer m=256 C=128", "ours elu+1"),
+                           ("performer m=256", "ours norm"), ("ours elu+1", "ours norm")):
+        if a_name in by and b_name in by:
             cells = []
             for n in Ns:
-                a, b = by[ours].get(n), by[theirs].get(n)
+                a, b = by[a_name].get(n), by[b_name].get(n)
                 if a and b:
                     cells.append(f"N={n}: fwd {a['fwd_ms'] / b['fwd_ms']:.2f} bwd {a['bwd_ms'] / b['bwd_ms']:.2f} "
                                  f"total {a['total_ms'] / b['total_ms']:.2f}")
-            print(f"{ours} / {theirs}: " + "; ".join(cells))
+            if cells:
+                print(f"{a_name} / {b_name}: " + "; ".join(cells))
+    corr = [r for r in ROWS if r["section"] == "correctness"]
+    fails = [r["case"] for r in corr if not r["pass"]]
+    print(f"\ncorrectness: {len(corr) - len(fails)}/{len(corr)} pass" + (f"; FAIL: {fails}" if fails else ""))
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -368,59 +615,364 @@ def report(out, timing_rows):
                 ax.loglog(ns, [d[n][key] for n in ns], "o-", label=name)
             ax.set_xlabel("sequence length N")
             ax.set_ylabel(key.replace("_ms", " time (ms)"))
-            ax.set_title(f"causal {key[:3]}, B=1 H=64 D=128 bf16")
+            ax.set_title(f"causal {key[:3]}, B={B} H={H} D={D} {str(DTYPE).replace('torch.', '')}")
             ax.grid(True, which="both", alpha=0.3)
         axes[0].legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(os.path.join(out, "lowrank.png"), dpi=120)
+        fig.savefig(os.path.join(out, "lowrank.png"), dpi=110)
         print(f"plot: {os.path.join(out, 'lowrank.png')}")
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001
         print(f"plot failed: {e}")
+
+# --------------------------------------------------------------------------------------------- compile check
+# Offline: compile every kernel specialisation the launchers can produce for sm_90 with the installed Triton,
+# without a GPU (triton.compile on a GPUTarget). Triton versions differ in their MLIR passes (triton 3.6's
+# TritonGPUOptimizeThreadLocality asserted on a reduction whose loop result was unused); this catches that on
+# a CPU machine. With torch installed the launches are enumerated by running the real launchers on "meta"
+# tensors with the kernels swapped for recorders; without torch (e.g. a venv holding only another triton
+# version) pass --launches FILE written by a run that had torch.
+
+_CC_DTYPES = ("bf16", "fp16", "fp32")
+
+
+def _cc_kernel_modules():
+    """(linear_attn kernels, performer kernels), importable without torch (a stub stands in for its dtypes)."""
+    import importlib.util
+    if importlib.util.find_spec("torch") is not None:
+        from hwattn.ops.linear_attn import kernels as lk
+        from hwattn.ops.performer import kernels as pk
+        return lk, pk
+    else:
+        import types
+        stub = types.ModuleType("torch")
+        for name in ("bfloat16", "float16", "float32", "float64"):
+            setattr(stub, name, name)
+        stub.Tensor = type("Tensor", (), {})
+        sys.modules.setdefault("torch", stub)
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "hwattn", "ops")
+        mods = []
+        for name in ("linear_attn", "performer"):
+            spec = importlib.util.spec_from_file_location(f"_cc_{name}_kernels", os.path.join(root, name, "kernels.py"))
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            mods.append(mod)
+        return tuple(mods)
+
+
+_CC_DIMS = ((64, 64), (64, 128), (128, 128), (256, 64), (256, 128))
+
+
+def enumerate_launches(chunks=(16, 32, 64, 128), lengths=(1000, 4096), dims=_CC_DIMS):
+    """Every distinct (kernel, signature, constexprs, warps, stages) the launchers produce over dtypes bf16/fp16/fp32,
+    (Dk, Dv) in {(64, 64), (64, 128), (128, 128), (256, 64), (256, 128)} (head dims 64/128, Performer m = 64/256),
+    the given chunk sizes and sequence lengths (1000: lengths and chunk counts not multiples of 16; 4096: multiples,
+    which Triton specialises on), every flag combination (causal, normalize, feature map, initial state, final
+    state, saved for backward, final-state gradient, initial-state gradient), the recurrent kernel, the Performer
+    feature kernels (D 64/128, m 64/256, every kind and mode), plus the configs section_sweep tries.
+    Returns a list of JSON-able dicts."""
+    import itertools
+    import torch
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+    from hwattn.ops.linear_attn import kernels as lk
+    from hwattn.ops.performer import kernels as pk
+    tnames = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+    found = {}
+
+    def recorder(module, name, fn):
+        def launch(grid):
+            def call(*args, **kw):
+                spec = {"module": module, "kernel": name, "signature": {}, "constexprs": {}, "aligned": [],
+                        "num_warps": kw.pop("num_warps", 4), "num_stages": kw.pop("num_stages", 3)}
+                params = dict(zip(fn.arg_names, args))
+                params.update(kw)
+                for p in fn.params:
+                    v = params[p.name]
+                    if p.is_constexpr:
+                        spec["signature"][p.name] = "constexpr"
+                        spec["constexprs"][p.name] = v
+                    elif isinstance(v, torch.Tensor):
+                        spec["signature"][p.name] = "*" + tnames[v.dtype]
+                        spec["aligned"].append(p.name)  # allocations are 16-byte aligned
+                    else:
+                        ty, key = native_specialize_impl(BaseBackend, v, False, True, True)
+                        spec["signature"][p.name] = ty
+                        if ty == "constexpr":
+                            spec["constexprs"][p.name] = key if key is not None else v
+                        elif key == "D":
+                            spec["aligned"].append(p.name)
+                import json
+                found.setdefault(json.dumps(spec, sort_keys=True), spec)
+            return call
+        return type("Recorder", (), {"__getitem__": lambda self, grid: launch(grid)})()
+
+    kernels = {"linear_attn": (lk, [n for n in dir(lk) if n.endswith("_kernel")]),
+               "performer": (pk, [n for n in dir(pk) if n.endswith("_kernel")])}
+    saved = {}
+    for module, (mod, names) in kernels.items():
+        for name in names:
+            saved[(mod, name)] = getattr(mod, name)
+            setattr(mod, name, recorder(module, name, saved[(mod, name)]))
+    configs = dict(lk.CONFIGS)
+    meta = torch.device("meta")
+    try:
+        dtypes = (torch.bfloat16, torch.float16, torch.float32)
+        for dtype, (K, V), BT, N in itertools.product(dtypes, dims, chunks, lengths):
+            B, H = 1, 2
+            q = torch.empty(B, N, H, K, device=meta, dtype=dtype)
+            k = torch.empty(B, N, H, K, device=meta, dtype=dtype)
+            v = torch.empty(B, N, H, V, device=meta, dtype=dtype)
+            for causal, normalize, feature, use_h0, final, save in itertools.product(
+                    (True, False), (True, False), (0, 1), (False, True), (False, True), (False, True)):
+                h0 = torch.empty(B * H, K, V, device=meta) if use_h0 else None
+                z0 = torch.empty(B * H, K, device=meta) if (use_h0 and normalize) else None
+                o, st = lk.chunk_fwd(q, k, v, causal, normalize, feature, h0, z0, final, 1e-6, BT, save)
+                if not save:
+                    continue
+                for use_dht in ((False, True) if final else (False,)):
+                    dht = torch.empty(B * H, K, V, device=meta) if use_dht else None
+                    dzt = torch.empty(B * H, K, device=meta) if (use_dht and normalize) else None
+                    lk.chunk_bwd(torch.empty_like(o), q, k, v, o, st, causal, normalize, feature, dht, dzt, use_h0, BT)
+            for normalize, feature, use_h0, n in itertools.product((True, False), (0, 1), (False, True), (1, 7)):
+                h0 = torch.empty(B * H, K, V, device=meta) if use_h0 else None
+                z0 = torch.empty(B * H, K, device=meta) if (use_h0 and normalize) else None
+                lk.recurrent_fwd(q[:, :n], k[:, :n], v[:, :n], normalize, feature, h0, z0, 1e-6)
+        # Performer feature kernels: D in {64, 128}, m in {64, 256}
+        for dtype, D, M, N in itertools.product(dtypes, (64, 128), (64, 256), lengths):
+            x = torch.empty(1, N, 2, D, device=meta, dtype=dtype)
+            w = torch.empty(M, D, device=meta, dtype=torch.float32)
+            fdt = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+            off = torch.empty(2, device=meta, dtype=torch.float32)
+            for kind, mode in ((pk.KIND_SOFTMAX, pk.MODE_QUERY), (pk.KIND_SOFTMAX, pk.MODE_KEY),
+                               (pk.KIND_SOFTMAX, pk.MODE_BLOCK_MAX), (pk.KIND_RELU, pk.MODE_QUERY)):
+                f = pk.favor_fwd(x, w, kind, mode, fdt, off if mode == pk.MODE_KEY else None, 1e-3)
+                if mode != pk.MODE_BLOCK_MAX:
+                    pk.favor_bwd(x, w, f, torch.empty_like(f), kind)
+        # the configs section_sweep can pick (bf16, D = 128, chunk 64, causal, identity and elu+1 features)
+        for dtype in dtypes:
+            q, k, v = (torch.empty(1, 4096, 2, 128, device=meta, dtype=dtype) for _ in range(3))
+            for name, cfgs in SWEEP_CANDIDATES.items():
+                for cfg in cfgs:
+                    lk.CONFIGS.update(configs)
+                    lk.CONFIGS[name] = cfg
+                    for normalize, feature in itertools.product((True, False), (0, 1)):
+                        o, st = lk.chunk_fwd(q, k, v, True, normalize, feature, None, None, False, 1e-6, 64, True)
+                        lk.chunk_bwd(torch.empty_like(o), q, k, v, o, st, True, normalize, feature, None, None,
+                                     False, 64)
+    finally:
+        lk.CONFIGS.clear()
+        lk.CONFIGS.update(configs)
+        for (mod, name), fn in saved.items():
+            setattr(mod, name, fn)
+    return list(found.values())
+
+
+_CC_MODS = None
+
+
+def _cc_compile_one(spec):
+    """-> (spec, None) or (spec, error text). Triton's C++ passes report on fd 2 (an assertion, an MLIR
+    reproducer): that goes to a temporary file and only the lines that say what failed are kept."""
+    global _CC_MODS
+    import tempfile
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    if _CC_MODS is None:
+        lk, pk = _cc_kernel_modules()
+        _CC_MODS = {"linear_attn": lk, "performer": pk}
+    fn = getattr(_CC_MODS[spec["module"]], spec["kernel"])
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in spec["aligned"]}
+    src = ASTSource(fn=fn, signature=spec["signature"], constexprs=spec["constexprs"], attrs=attrs)
+    opts = {"num_warps": spec["num_warps"], "num_stages": spec["num_stages"]}
+    with tempfile.TemporaryFile(mode="w+") as err:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(err.fileno(), 2)
+        try:
+            triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
+            failure = None
+        except Exception as e:  # noqa: BLE001
+            failure = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''}"
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        if failure:
+            err.seek(0)
+            why = [ln.strip() for ln in err.read().splitlines()
+                   if "Assertion" in ln or "error:" in ln or "Pipeline failed" in ln]
+            failure = " | ".join([failure] + why[:3])[:900]
+    return spec, failure
+
+
+def _cc_label(spec):
+    c = {k: v for k, v in spec["constexprs"].items() if k not in ("K", "V")}
+    dts = sorted({t[1:] for t in spec["signature"].values() if t.startswith("*")})
+    return (f"{spec['kernel']} K={spec['constexprs'].get('K', spec['constexprs'].get('D'))} "
+            f"V={spec['constexprs'].get('V', spec['constexprs'].get('M'))} ptrs={','.join(dts)} "
+            f"w{spec['num_warps']} s{spec['num_stages']} {c}")
+
+
+def compile_check(args):
+    import json
+    import triton
+    os.environ.pop("TRITON_INTERPRET", None)
+    if args.launches and os.path.exists(args.launches) and not args.write_launches:
+        with open(args.launches) as f:
+            specs = json.load(f)
+        log(f"{len(specs)} launch specialisations read from {args.launches}")
+    else:
+        specs = enumerate_launches(tuple(int(c) for c in args.cc_chunks.split(",")),
+                                   tuple(int(n) for n in args.cc_lengths.split(",")),
+                                   tuple(tuple(int(x) for x in d.split("x")) for d in args.cc_dims.split(",")))
+        log(f"{len(specs)} distinct launch specialisations enumerated")
+        if args.launches:
+            with open(args.launches, "w") as f:
+                json.dump(specs, f)
+            log(f"written to {args.launches}")
+            if args.write_launches:
+                return 0
+    log(f"compiling for sm_90 with triton {triton.__version__} on {args.jobs} processes")
+    failures = []
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        for i, (spec, err) in enumerate(pool.map(_cc_compile_one, specs, chunksize=4)):
+            if err:
+                failures.append((spec, err))
+                log(f"FAIL {_cc_label(spec)}: {err}")
+            if (i + 1) % 100 == 0:
+                log(f"{i + 1}/{len(specs)} compiled, {len(failures)} failures")
+    by_kernel = {}
+    for spec in specs:
+        by_kernel[spec["kernel"]] = by_kernel.get(spec["kernel"], 0) + 1
+    log(f"triton {triton.__version__}: {len(specs) - len(failures)}/{len(specs)} compile "
+        f"({', '.join(f'{k} {n}' for k, n in sorted(by_kernel.items()))})")
+    return 1 if failures else 0
+
+
+# --------------------------------------------------------------------------------------------- main
+
+class _Tee:
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, s):
+        for st in self.streams:
+            st.write(s)
+        return len(s)
+
+    def flush(self):
+        for st in self.streams:
+            st.flush()
+
+
+def _on_alarm(signum, frame):
+    raise OutOfTime()
 
 
 def main():
+    global DEADLINE, DEVICE, DTYPE, SMOKE, WORKER
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.environ.get("OUT", "results/lowrank"))
-    ap.add_argument("--budget", type=float, default=230.0, help="seconds for the whole run")
-    ap.add_argument("--sizes", default="8192,16384,32768,65536")
-    ap.add_argument("--no-sweep", action="store_true")
-    ap.add_argument("--sdpa-max", type=int, default=65536, help="skip SDPA above this N")
+    ap.add_argument("--budget", type=float, default=150.0, help="seconds for the whole run (default 150)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="precompile processes (default: CPU cores - 2, at most 12; 0 workers = compile in-process)")
+    ap.add_argument("--precompile-limit", type=float, default=75.0, help="seconds to wait for the workers")
+    ap.add_argument("--fla-tune-ms", type=int, default=25,
+                    help="benchmark time per config in fla's autotune (Triton's default: 100)")
+    ap.add_argument("--sweep", action="store_true", help="sweep our launch configs at N=16k before the bar")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU dry run (TRITON_INTERPRET=1) of this script")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    cc = ap.add_argument_group("offline compile check (no GPU)")
+    cc.add_argument("--compile-check", action="store_true",
+                    help="compile every kernel specialisation for sm_90 with the installed Triton and exit")
+    cc.add_argument("--launches", default=None,
+                    help="JSON of launch specialisations: read it (no torch needed) or, with torch, write it")
+    cc.add_argument("--write-launches", action="store_true", help="only enumerate and write --launches")
+    cc.add_argument("--cc-chunks", default="16,32,64,128")
+    cc.add_argument("--cc-lengths", default="1000,4096")
+    cc.add_argument("--cc-dims", default=",".join(f"{k}x{v}" for k, v in _CC_DIMS), help="Dk x Dv pairs")
+    cc.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile processes")
     args = ap.parse_args()
-    global DEVICE, DTYPE, SMOKE
+
+    if args.compile_check or args.write_launches:
+        sys.exit(compile_check(args))
     if args.smoke:
         os.environ["TRITON_INTERPRET"] = "1"
         DEVICE, SMOKE = "cpu", True
-    os.makedirs(args.out, exist_ok=True)
     import torch
-    import triton
     DTYPE = torch.float16 if SMOKE else torch.bfloat16  # bf16 dots are wrong in the CPU interpreter
+    if args.worker:
+        i, n = (int(x) for x in args.worker.split("/"))
+        WORKER = (i, n)
+        torch.manual_seed(i)
+        worker_main(i, n)
+        return
+
+    DEADLINE = T0 + args.budget
+    os.makedirs(args.out, exist_ok=True)
+    logf = open(os.path.join(args.out, "lowrank.log"), "w")
+    sys.stdout = _Tee(sys.__stdout__, logf)
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.alarm(max(1, int(args.budget - elapsed() - 3)))  # 3 s left for the report and the files
+    import triton
     log(f"torch {torch.__version__}, triton {triton.__version__}, "
-        f"{torch.cuda.get_device_name() if DEVICE == 'cuda' else 'CPU (smoke run)'}")
+        f"{torch.cuda.get_device_name() if DEVICE == 'cuda' else 'CPU (smoke run)'}; budget {args.budget:.0f} s")
+    procs = []
     try:
-        import fla
-        log(f"fla {getattr(fla, '__version__', '?')} from {os.path.dirname(fla.__file__)}")
-    except Exception as e:
-        log(f"fla import failed: {e}")
-    deadline = T0 + args.budget
-    corr = []
-    section_correctness(corr)
-    section_fla_check(corr)
-    write_csv(os.path.join(args.out, "correctness.csv"), corr)
-    n_fail = sum(1 for r in corr if not r["pass"])
-    log(f"correctness: {len(corr) - n_fail}/{len(corr)} pass")
-    sweep = []
-    if not args.no_sweep:
-        section_sweep(sweep, min(deadline - 150, time.time() + 45))
-        write_csv(os.path.join(args.out, "sweep.csv"), sweep)
-        from hwattn.ops.linear_attn import kernels
-        log(f"configs used: {kernels.CONFIGS}")
-    timings = []
-    Ns = [int(x) for x in args.sizes.split(",")]
-    section_timings(timings, Ns, deadline - 5, args.sdpa_max)
-    write_csv(os.path.join(args.out, "timings.csv"), timings)
-    report(args.out, timings)
-    log(f"done; correctness failures: {n_fail}; files in {args.out}")
+        # 0. precompile in parallel (Triton's on-disk cache is shared between processes)
+        workers = args.workers or max(1, min(12, (os.cpu_count() or 4) - 2))
+        if SMOKE and not args.workers:
+            workers = 2
+        if workers > 1:
+            log(f"precompile: {workers} worker processes (ours: correctness items; fla: autotune configs split "
+                f"{workers} ways) ...")
+            procs = start_workers(workers, args)
+        fla = fla_fn()
+        if fla is not None:
+            import fla as fla_pkg
+            log(f"fla {getattr(fla_pkg, '__version__', '?')} from {os.path.dirname(fla_pkg.__file__)}")
+        if procs:
+            wait_workers(procs, min(args.precompile_limit, max(0.4 * remaining(), remaining() - 60)))
+            procs = []
+            log("precompile done")
+        # 1. correctness (each item's kernels were compiled by a worker; what is left is mostly float64 references)
+        torch.manual_seed(0)
+        reserve = 45 + (30 if fla is not None else 0)  # keep enough for the bar and Performer timings
+        for name, item in correctness_items():
+            if not have_time(reserve, f"correctness: {name}"):
+                continue
+            log(f"correctness: {name} ...")
+            guarded(f"correctness: {name}")(item)()
+        # 2. fla autotune at one N, then ours vs fla vs float64
+        if fla is not None and have_time(40, "fla autotune and fla timings"):
+            fla_tune(fla, args.fla_tune_ms)
+            fla_check(fla)
+        elif fla is not None:
+            fla = None
+        if args.sweep and have_time(60, "sweep"):
+            section_sweep(time.time() + min(60, remaining() - 50))
+        # 3. the bar
+        guarded("bar timings")(bar_timings)(fla)
+        # 4. Performer vs linear at one N (+ SDPA)
+        guarded("performer timings")(performer_timings)()
+    except OutOfTime:
+        log(f"budget of {args.budget:.0f} s reached: stopping here")
+    finally:
+        signal.alarm(0)
+        for p, f, _ in procs:
+            if p.poll() is None:
+                p.kill()
+    # 5. report and files (at most three: lowrank.csv, lowrank.png, lowrank.log)
+    try:
+        report(args.out)
+        write_csv(os.path.join(args.out, "lowrank.csv"), ROWS)
+    finally:
+        log(f"done in {elapsed():.0f} s; files: {sorted(os.listdir(args.out))}")
+        sys.stdout.flush()
+        logf.close()
+        sys.stdout = sys.__stdout__
 
 
 if __name__ == "__main__":

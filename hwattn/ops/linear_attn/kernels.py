@@ -130,11 +130,15 @@ def _state_fwd_kernel(
             if NORMALIZE:
                 tl.store(p_z + o_k, b_z, mask=m_z)
         m_t = rows < T - c * BT
-        b_kt = _load_features(p_k + rows[None, :] * s_kn + o_k[:, None], m_k[:, None] & m_t[None, :], FEATURE)
+        b_k = _load_features(p_k + rows[:, None] * s_kn + o_k[None, :], m_t[:, None] & m_k[None, :], FEATURE)
         b_v = tl.load(p_v + rows[:, None] * s_vn + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
-        b_h = tl.dot(b_kt, b_v, b_h, input_precision=PREC)
+        b_h = tl.dot(tl.trans(b_k), b_v, b_h, input_precision=PREC)
         if NORMALIZE:
-            b_z += tl.sum(b_kt.to(tl.float32), axis=1)
+            # z sums over the chunk's rows: axis 0 of the (BT, BK) tile. Not a row sum of a (BK, BT) K^T tile:
+            # triton 3.6's TritonGPUOptimizeThreadLocality rewrites a last-axis sum of a loaded tile accumulated
+            # across loop iterations and asserts that the loop's result has exactly one use, so fp32 inputs with
+            # identity features (the tile is then the load itself) and no final-state store failed to compile.
+            b_z += tl.sum(b_k.to(tl.float32), axis=0)
         p_k += BT * s_kn
         p_v += BT * s_vn
         p_h += K * V
