@@ -278,7 +278,8 @@ def _compare_section(args, out: str, budget: float, name: str, task_options: dic
             ("steps", "steps", ""), ("status", "status", ""), ("stop", "stop_reason", "")]
     chance = next((r for r in rows if r.get("status") == "ok"), {})
     md = (f"## {title}\n\n" + _md_table(rows, cols)
-          + f"\nchance {_fmt(chance.get('chance_acc'), '.3f')}, majority class {_fmt(chance.get('majority_acc'), '.3f')}\n")
+          + f"\nchance {_fmt(chance.get('chance_acc'), '.3f')}, "
+          f"majority class {_fmt(chance.get('majority_acc'), '.3f')}\n")
     return {"rows": rows, "markdown": md, "config": cfg.to_dict()}
 
 

@@ -50,7 +50,8 @@ class TransformerConfig:
         if isinstance(self.short_conv, bool) or not isinstance(self.short_conv, int) or self.short_conv < 0:
             raise ValueError(f"TransformerConfig.short_conv must be an int >= 0, got {self.short_conv!r}")
         if not isinstance(self.method_options, dict):
-            raise TypeError(f"TransformerConfig.method_options must be a dict, got {type(self.method_options).__name__}")
+            raise TypeError("TransformerConfig.method_options must be a dict, got "
+                            f"{type(self.method_options).__name__}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -199,7 +200,10 @@ class EncoderClassifier(torch.nn.Module):
         for block in self.blocks:
             x = block(x)
         x = _float32_or_64(self.norm(x))
-        keep = torch.ones_like(tokens, dtype=x.dtype) if self.cfg.pad_id is None else (tokens != self.cfg.pad_id).to(x.dtype)
+        if self.cfg.pad_id is None:
+            keep = torch.ones_like(tokens, dtype=x.dtype)
+        else:
+            keep = (tokens != self.cfg.pad_id).to(x.dtype)
         pooled = (x * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp_min(1.0)
         return _float32_or_64(self.head(pooled))
 

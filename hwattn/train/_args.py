@@ -85,7 +85,8 @@ def config_overrides(args, method: str) -> tuple[str, dict]:
             task_options.setdefault("min_length", args.seq_len // 4)
         else:
             task_options.setdefault("seq_len", args.seq_len)
-    over = {"task_options": task_options, "eval_task_options": dict(args.eval_task_opt), "method": method, "method_options": dict(args.method_opt),
+    over = {"task_options": task_options, "eval_task_options": dict(args.eval_task_opt), "method": method,
+            "method_options": dict(args.method_opt),
             "seed": args.seed, "device": args.device, "autocast": args.autocast}
     for attr, key in (("dim", "dim"), ("layers", "num_layers"), ("heads", "num_heads"), ("kv_heads", "num_kv_heads"),
                       ("short_conv", "short_conv"),

@@ -49,8 +49,7 @@ def save_checkpoint(path: str, model: torch.nn.Module, optimizer: torch.optim.Op
     os.replace(tmp, path)
 
 
-def checkpoint_info(path: str) -> dict:
-    """{"step", "config", "extra"} of a checkpoint, without loading its tensors."""
+def _read_meta(path) -> dict:
     from safetensors import safe_open
 
     if not os.path.isfile(path):
@@ -58,8 +57,16 @@ def checkpoint_info(path: str) -> dict:
     with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
         meta = f.metadata() or {}
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an hwattn training checkpoint (format {meta.get('format')!r}, need {FORMAT!r})")
-    return {"step": int(meta["step"]), "config": json.loads(meta["config"]), "extra": json.loads(meta.get("extra", "{}"))}
+        raise ValueError(f"{path} is not an hwattn training checkpoint (format {meta.get('format')!r}, "
+                         f"need {FORMAT!r})")
+    return meta
+
+
+def checkpoint_info(path: str) -> dict:
+    """{"step", "config", "extra"} of a checkpoint, without loading its tensors."""
+    meta = _read_meta(path)
+    return {"step": int(meta["step"]), "config": json.loads(meta["config"]),
+            "extra": json.loads(meta.get("extra", "{}"))}
 
 
 def load_checkpoint(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
@@ -69,21 +76,16 @@ def load_checkpoint(path: str, model: torch.nn.Module, optimizer: torch.optim.Op
     Returns {"step": int, "config": dict, "extra": dict}. Raises ValueError for a file of another format,
     missing/unexpected model tensors, or an optimizer requested from a file saved without one.
     """
-    from safetensors import safe_open
+    from safetensors.torch import load_file
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not an hwattn training checkpoint (format {meta.get('format')!r}, "
-                             f"need {FORMAT!r})")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta = _read_meta(path)
+    tensors = load_file(os.fspath(path), device="cpu")
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(model_sd)), sorted(set(model_sd) - set(own))
     if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(f"checkpoint {path} does not match the model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
     for k, v in model_sd.items():
         if v.shape != own[k].shape:
             raise ValueError(f"checkpoint {path}: {k} has shape {tuple(v.shape)}, the model has {tuple(own[k].shape)}")
@@ -101,4 +103,4 @@ def load_checkpoint(path: str, model: torch.nn.Module, optimizer: torch.optim.Op
             if isinstance(g.get("betas"), list):
                 g["betas"] = tuple(g["betas"])
         optimizer.load_state_dict({"state": state, "param_groups": groups})
-    return {"step": int(meta["step"]), "config": json.loads(meta["config"]), "extra": json.loads(meta.get("extra", "{}"))}
+    return checkpoint_info(path)

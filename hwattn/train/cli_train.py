@@ -43,7 +43,7 @@ def main(args) -> int:
     r = train(cfg, progress=not args.no_progress, console=console)
     mem = f"{r['peak_mem_mb']:.0f} MiB" if r["peak_mem_mb"] is not None else "n/a (CPU)"
     console.print(f"[bold]done[/] ({r['stop_reason']}): held-out accuracy {r['eval_acc']:.4f} (best "
-                  f"{r['best_eval_acc']:.4f}, chance {r['chance_acc']:.3f}"
+                  f"{r['best_eval_acc']:.4f}, chance {r['chance_acc']:.3g}"
                   + (f", majority class {r['majority_acc']:.3f}" if r["majority_acc"] is not None else "")
                   + f"), loss {r['eval_loss']:.4f}, {r['tokens_per_s']:,.0f} tokens/s, peak memory {mem}, "
                   f"{r['wall_s']:.1f} s; log {os.path.join(out, 'log.csv')}, checkpoint "

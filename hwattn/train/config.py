@@ -80,7 +80,8 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise ValueError(f"TrainConfig.{name} must be a number > 0, got {v!r}")
-        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+        wd = self.weight_decay
+        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or wd < 0:
             raise ValueError(f"TrainConfig.weight_decay must be a number >= 0, got {self.weight_decay!r}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"TrainConfig.lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")

@@ -62,8 +62,6 @@ class Dataset:
                 k = int(counts[0])
                 # stable sort puts the asked positions first, in order
                 self.answer_pos = torch.sort((~asked).to(torch.int8), dim=1, stable=True).indices[:, :k].contiguous()
-        if torch.cuda.is_available():
-            self.inputs, self.targets = self.inputs.pin_memory(), self.targets.pin_memory()
 
     def __len__(self):
         return self.inputs.shape[0]
@@ -78,6 +76,20 @@ class Dataset:
 @functools.lru_cache(maxsize=4)
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+
+
+_DATA_CACHE: dict = {}
+
+
+def _dataset(task: Task, num_examples: int, seed: int) -> Dataset:
+    """Dataset of (task, n, seed), reused by the next runs of this process (`compare` trains every method on
+    the same data; ListOps takes ~1 ms per expression to generate). Keeps the last 4."""
+    key = (task.name, json.dumps(task.options, sort_keys=True, default=str), num_examples, seed)
+    if key not in _DATA_CACHE:
+        while len(_DATA_CACHE) >= 4:
+            _DATA_CACHE.pop(next(iter(_DATA_CACHE)))
+        _DATA_CACHE[key] = Dataset(task, num_examples, seed)
+    return _DATA_CACHE[key]
 
 
 def _batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
@@ -182,7 +194,8 @@ class _Bar:
         self.progress, self.console = None, console
         if not enabled:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"),
                                  TimeRemainingColumn(), console=console)
@@ -221,10 +234,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, console=None) -> dict:
     wall0 = time.perf_counter()
     task, model, device, amp = build_run(cfg)
     eval_task = make_task(cfg.task, **{**cfg.task_options, **cfg.eval_task_options})
-    if (eval_task.vocab_size, eval_task.seq_len, eval_task.num_classes) != (task.vocab_size, task.seq_len, task.num_classes):
-        raise ValueError(f"eval_task_options {cfg.eval_task_options} change the vocabulary, length or classes of the "
-                         f"task (train: {task.vocab_size}/{task.seq_len}/{task.num_classes}, held-out: "
-                         f"{eval_task.vocab_size}/{eval_task.seq_len}/{eval_task.num_classes}); the model needs them equal")
+    shape, eval_shape = ((t.vocab_size, t.seq_len, t.num_classes) for t in (task, eval_task))
+    if shape != eval_shape:
+        raise ValueError(f"eval_task_options {cfg.eval_task_options} change the task's (vocab_size, seq_len, "
+                         f"num_classes) from {shape} to {eval_shape}; the model needs them equal")
     opt = _optimizer(model, cfg, device)
     num_train = cfg.num_train or min(cfg.steps * cfg.batch_size, 100_000)
     params = sum(p.numel() for p in model.parameters())
@@ -258,8 +271,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, console=None) -> dict:
         with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
             json.dump({**cfg.to_dict(), "num_train": num_train}, f, indent=2, sort_keys=True)
     saved_cfg = {**cfg.to_dict(), "num_train": num_train}
-    train_data = Dataset(task, num_train, derive_seed(cfg.seed, 0))
-    eval_data = Dataset(eval_task, cfg.num_eval, derive_seed(cfg.seed, 1))
+    train_data = _dataset(task, num_train, derive_seed(cfg.seed, 0))
+    eval_data = _dataset(eval_task, cfg.num_eval, derive_seed(cfg.seed, 1))
     order_seed = derive_seed(cfg.seed, 2)
 
     def log_row(row):
@@ -283,7 +296,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, console=None) -> dict:
     bar.print(f"{title}: {params / 1e6:.2f}M params, {cfg.num_layers} layers, dim {cfg.dim}"
               f"{f', short conv {cfg.short_conv}' if cfg.short_conv else ''}, seq {task.seq_len}, "
               f"{num_train} train / {cfg.num_eval} held-out examples, device {device}"
-              f"{', bf16 autocast' if amp else ''}, chance acc {task.chance_acc:.3f}"
+              f"{', bf16 autocast' if amp else ''}, chance acc {task.chance_acc:.3g}"
               + (f", majority-class acc {majority:.3f}" if majority is not None else ""))
 
     model.train()

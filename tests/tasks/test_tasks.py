@@ -223,3 +223,24 @@ def test_task_defaults_and_unknown_options():
 def test_bad_arguments(fn, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         fn(**kwargs)
+
+
+def test_mqar_mixture_of_pair_counts():
+    V, L = 64, 32
+    x, y = mqar(300, seq_len=L, num_kv_pairs=[1, 3, 8], vocab_size=V, random_non_queries=False, seed=3)
+    seen = set()
+    for row, tgt in zip(x.tolist(), y.tolist()):
+        asked = [t for t in range(L) if tgt[t] != IGNORE_INDEX]
+        k = len(asked)
+        assert k in (1, 3, 8)
+        seen.add(k)
+        table = dict(zip(row[0:2 * k:2], row[1:2 * k:2]))
+        assert all(tgt[t] == table[row[t]] for t in asked)
+    assert seen == {1, 3, 8}
+    a = mqar(20, seq_len=L, num_kv_pairs=[1, 3], vocab_size=V, seed=4)
+    b = mqar(20, seq_len=L, num_kv_pairs=[1, 3], vocab_size=V, seed=4)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(ValueError, match="non-empty"):
+        mqar(2, num_kv_pairs=[])
+    with pytest.raises(ValueError, match="4 \\* num_kv_pairs"):
+        mqar(2, seq_len=32, num_kv_pairs=[2, 9])

@@ -133,6 +133,8 @@ def test_answer_positions_match_mask():
     rows = torch.arange(20)[:, None]
     assert (d.targets[rows, d.answer_pos] != -100).all()
     assert ((d.targets != -100).sum(1) == 4).all()
+    assert trainer._dataset(task, 20, 1) is trainer._dataset(task, 20, 1)       # compare reuses the data
+    assert torch.equal(trainer._dataset(task, 20, 1).inputs, d.inputs)
 
 
 def _fake(monkeypatch, name, **flags):
@@ -227,3 +229,14 @@ def test_cli_train_resume_and_compare(tmp_path, capsys):
     assert main(["train", "--list-methods"]) == 0
     text = capsys.readouterr().out
     assert "held-out accuracy" in text and all(m in text for m in registry.names())
+
+
+def test_mixture_training_with_held_out_on_the_hardest():
+    cfg = _tiny(task="mqar", task_options=dict(seq_len=32, num_kv_pairs=[1, 2, 4], vocab_size=64),
+                eval_task_options=dict(num_kv_pairs=4), steps=4, eval_every=4, num_eval=16, short_conv=3)
+    r = train(cfg, progress=False)
+    assert r["steps"] == 4 and 0 <= r["eval_acc"] <= 1
+    with pytest.raises(ValueError, match="vocab_size, seq_len"):
+        train(dataclasses.replace(cfg, eval_task_options=dict(seq_len=64)), progress=False)
+    with pytest.raises(ValueError, match="short_conv"):
+        TrainConfig(short_conv=-2)
