@@ -363,7 +363,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, console=None) -> dict:
                 stop_reason = f"target accuracy {cfg.target_acc:g} reached"
                 break
             if out_of_time:
-                stop_reason = f"time limit {cfg.max_time:g}s"
+                stop_reason = f"time limit {cfg.max_time:.0f}s"
                 break
     finally:
         bar.close()
