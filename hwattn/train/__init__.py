@@ -9,7 +9,7 @@ import importlib
 _EXPORTS = {"TrainConfig": "hwattn.train.config", "PRESETS": "hwattn.train.config",
             "preset_config": "hwattn.train.config", "train": "hwattn.train.trainer",
             "evaluate": "hwattn.train.trainer", "save_checkpoint": "hwattn.train.checkpoint",
-            "load_checkpoint": "hwattn.train.checkpoint", "compare": "hwattn.train.compare"}
+            "load_checkpoint": "hwattn.train.checkpoint"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -44,6 +44,11 @@ def main(args) -> int:
     console.print(f"[bold]hwattn compare[/]: task {cfg.task} {cfg.task_options}, methods {', '.join(methods)}, "
                   f"preset {preset}, {cfg.steps} steps x batch {cfg.batch_size}, model dim {cfg.dim} x "
                   f"{cfg.num_layers} layers, output {out}")
+    import torch
+    if not torch.cuda.is_available() and any(m != "naive" for m in methods):
+        console.print("[yellow]no CUDA GPU: every method but naive runs its Triton kernels in the interpreter, "
+                      "which takes minutes per method even at the cpu preset; use --methods and --steps to "
+                      "keep this short[/]")
     rows = compare(cfg, methods, out, progress=not args.no_progress, console=console)
     title = (f"{cfg.task}, seq {seq_len}, {cfg.steps} steps x {cfg.batch_size}, dim {cfg.dim} x {cfg.num_layers} "
              f"layers, seed {cfg.seed}")
