@@ -15,8 +15,6 @@ def check_kernel_device(fn_name: str, *tensors: torch.Tensor) -> None:
     """Refuse devices the Triton kernels cannot run on, saying how to run them instead."""
     dev = tensors[0].device
     if dev.type == "cuda":
-        if interpreting():
-            return  # the interpreter copies CUDA tensors to the host; slow but correct
         return
     if dev.type == "cpu":
         if interpreting():

@@ -34,7 +34,8 @@ class _LiveBytes(TorchDispatchMode):
             if tr is not None:
                 tr.live -= nbytes
                 tr._seen.discard(key)
-        weakref.finalize(storage, release) if hasattr(storage, "__weakref__") else weakref.finalize(t, release)
+        # storages are weak-referenceable in recent torch; otherwise the tensor's lifetime stands in
+        weakref.finalize(storage if hasattr(storage, "__weakref__") else t, release)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))

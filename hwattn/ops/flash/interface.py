@@ -66,14 +66,14 @@ class FlashAttentionFunction(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None
 
 
-def _validate(fn: str, q, k, v, layout: str):
+def _validate(q, k, v, layout: str):
     for name, x in (("q", q), ("k", k), ("v", v)):
         check_tensor(name, x, 4, SUPPORTED_DTYPES, layout)
     check_same(("q", "k", "v"), (q, k, v), "dtype")
     check_same(("q", "k", "v"), (q, k, v), "device")
 
 
-def _check_shapes(q, k, v, names=("batch", "seqlen", "heads", "head_dim")):
+def _check_shapes(q, k, v):
     """Shapes in the (B, N, H, D) layout."""
     B, n_q, n_heads, head_dim = q.shape
     if k.shape != v.shape:
@@ -125,7 +125,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     Returns:
         out (B, Nq, Hq, D) in q's dtype, and lse when return_lse=True.
     """
-    _validate("flash_attention", q, k, v, "(batch, seqlen, heads, head_dim)")
+    _validate(q, k, v, "(batch, seqlen, heads, head_dim)")
     check_bool("causal", causal)
     check_bool("return_lse", return_lse)
     softmax_scale = check_scale("softmax_scale", softmax_scale)
@@ -171,7 +171,7 @@ def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask=
 
     Returns (B, Hq, Nq, D). Differentiable.
     """
-    _validate("sdpa", query, key, value, "(batch, heads, seqlen, head_dim)")
+    _validate(query, key, value, "(batch, heads, seqlen, head_dim)")
     if attn_mask is not None:
         raise ValueError("attn_mask: hwattn.sdpa supports only attn_mask=None; for masks use hwattn's block masks")
     if not isinstance(dropout_p, (int, float)) or dropout_p != 0.0:
