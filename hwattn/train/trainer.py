@@ -25,7 +25,8 @@ from ..tasks import IGNORE_INDEX, Task, make_task
 from .checkpoint import checkpoint_info, load_checkpoint, save_checkpoint
 from .config import MODEL_FIELDS, TrainConfig
 
-__all__ = ["train", "evaluate", "build_run", "derive_seed", "Dataset", "resolve_device", "CSV_FIELDS"]
+__all__ = ["train", "evaluate", "build_run", "derive_seed", "Dataset", "preload_dataset", "resolve_device",
+           "CSV_FIELDS"]
 
 CSV_FIELDS = ("step", "tokens", "lr", "train_loss", "train_acc", "eval_loss", "eval_acc", "tokens_per_s",
               "elapsed_s", "peak_mem_mb")
@@ -49,11 +50,25 @@ def resolve_device(name: str) -> torch.device:
 
 class Dataset:
     """Examples of one split on the host; `batch(idx, device)` moves a batch. For LM tasks with the same
-    number of answers in every sequence, `answer_pos` (n, k) lists them, so no step needs a host sync."""
+    number of answers in every sequence, `answer_pos` (n, k) lists them, so no step needs a host sync.
+    `data=(inputs, targets)` uses these examples instead of generating them (e.g. made once by a parent
+    process for its workers); they must have num_examples rows."""
 
-    def __init__(self, task: Task, num_examples: int, seed: int):
+    def __init__(self, task: Task, num_examples: int, seed: int, data: tuple | None = None):
         self.task = task
-        self.inputs, self.targets = task.generate(num_examples, seed=seed)
+        if data is None:
+            self.inputs, self.targets = task.generate(num_examples, seed=seed)
+        else:
+            self.inputs, self.targets = data
+            if not (isinstance(self.inputs, torch.Tensor) and isinstance(self.targets, torch.Tensor)):
+                raise TypeError("data must be a pair of tensors (inputs, targets)")
+            if self.inputs.shape[0] != num_examples or self.targets.shape[0] != num_examples:
+                raise ValueError(f"data has {self.inputs.shape[0]} inputs and {self.targets.shape[0]} targets, "
+                                 f"expected {num_examples} of each")
+            if self.inputs.dim() != 2 or self.inputs.shape[1] != task.seq_len:
+                raise ValueError(f"data inputs must be (n, {task.seq_len}), got {tuple(self.inputs.shape)}")
+            if self.inputs.dtype != torch.int64:
+                raise TypeError(f"data inputs must be int64, got {self.inputs.dtype}")
         self.answer_pos = None
         if task.kind == "lm":
             asked = self.targets != IGNORE_INDEX
@@ -81,15 +96,34 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 _DATA_CACHE: dict = {}
 
 
+def _cache_key(task: Task, num_examples: int, seed: int) -> tuple:
+    return task.name, json.dumps(task.options, sort_keys=True, default=str), num_examples, seed
+
+
+def _cache_put(key: tuple, data: Dataset) -> Dataset:
+    _DATA_CACHE.pop(key, None)
+    while len(_DATA_CACHE) >= 4:
+        _DATA_CACHE.pop(next(iter(_DATA_CACHE)))
+    _DATA_CACHE[key] = data
+    return data
+
+
 def _dataset(task: Task, num_examples: int, seed: int) -> Dataset:
     """Dataset of (task, n, seed), reused by the next runs of this process (`compare` trains every method on
     the same data; ListOps takes ~1 ms per expression to generate). Keeps the last 4."""
-    key = (task.name, json.dumps(task.options, sort_keys=True, default=str), num_examples, seed)
+    key = _cache_key(task, num_examples, seed)
     if key not in _DATA_CACHE:
-        while len(_DATA_CACHE) >= 4:
-            _DATA_CACHE.pop(next(iter(_DATA_CACHE)))
-        _DATA_CACHE[key] = Dataset(task, num_examples, seed)
+        _cache_put(key, Dataset(task, num_examples, seed))
     return _DATA_CACHE[key]
+
+
+def preload_dataset(task: Task, num_examples: int, seed: int, inputs: torch.Tensor, targets: torch.Tensor) -> Dataset:
+    """Make (inputs, targets) the dataset of (task, num_examples, seed) for this process: a later `train` whose
+    task, num_train (held-out: num_eval) and derived seed (`derive_seed(cfg.seed, 0)`, held-out 1) give this
+    key uses these examples instead of generating its own. For data generated once and shared with worker
+    processes (scripts/gpu_train.py); the caller answers for the examples being a valid sample of the task.
+    The cache keeps the last 4 datasets."""
+    return _cache_put(_cache_key(task, num_examples, seed), Dataset(task, num_examples, seed, data=(inputs, targets)))
 
 
 def _batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:

@@ -137,6 +137,26 @@ def test_answer_positions_match_mask():
     assert torch.equal(trainer._dataset(task, 20, 1).inputs, d.inputs)
 
 
+def test_preloaded_dataset_is_used_by_train():
+    """preload_dataset (data made once by a parent process for its workers): a run whose num_train and seed give
+    the key trains on the given examples instead of generating its own; wrong shapes are refused."""
+    cfg = _tiny(steps=4, eval_every=4, num_train=64, num_eval=32)
+    task = build_run(cfg)[0]
+    x, y = task.generate(64, seed=12345)
+    d = trainer.preload_dataset(task, 64, trainer.derive_seed(cfg.seed, 0), x, y)
+    assert trainer._dataset(task, 64, trainer.derive_seed(cfg.seed, 0)) is d and torch.equal(d.inputs, x)
+    own = Dataset(task, 64, trainer.derive_seed(cfg.seed, 0))
+    assert not torch.equal(own.inputs, x)                   # really other examples than the run's own
+    r = train(cfg, progress=False)
+    assert r["steps"] == 4
+    assert trainer._dataset(task, 64, trainer.derive_seed(cfg.seed, 0)) is d
+    with pytest.raises(ValueError, match="expected 10"):
+        trainer.preload_dataset(task, 10, 0, x, y)
+    with pytest.raises(TypeError, match="int64"):
+        trainer.preload_dataset(task, 64, 0, x.to(torch.uint8), y)
+    trainer._DATA_CACHE.clear()
+
+
 def _fake(monkeypatch, name, **flags):
     fake = dataclasses.replace(registry.get("naive"), name=name, **flags)
     monkeypatch.setitem(registry._REGISTRY, name, fake)
