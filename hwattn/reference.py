@@ -15,7 +15,7 @@ import torch
 
 from ._checks import check_bool, check_scale, check_tensor
 
-__all__ = ["attention", "causal_mask"]
+__all__ = ["attention", "causal_mask", "window_mask", "alibi_bias", "relative_position_bias"]
 
 _LAYOUT = "(batch, seqlen, heads, head_dim)"
 
@@ -34,10 +34,37 @@ def causal_mask(nq: int, nk: int, align: str = "bottom_right", device=None) -> t
     return j <= i + shift
 
 
+def window_mask(nq: int, nk: int, left: int, right: int, device=None) -> torch.Tensor:
+    """Boolean (nq, nk) sliding-window mask, flash_attn's window_size=(left, right), bottom-right aligned:
+    True iff i + nk - nq - left <= j <= i + nk - nq + right; -1 = unbounded on that side."""
+    d = torch.arange(nk, device=device)[None, :] - (torch.arange(nq, device=device)[:, None] + nk - nq)
+    keep = torch.ones(nq, nk, dtype=torch.bool, device=device)
+    if left >= 0:
+        keep &= d >= -left
+    if right >= 0:
+        keep &= d <= right
+    return keep
+
+
+def alibi_bias(slopes: torch.Tensor, nq: int, nk: int) -> torch.Tensor:
+    """ALiBi as flash_attn adds it: -slope * |i + nk - nq - j|. slopes (H,) or (B, H) -> (1 or B, H, nq, nk),
+    in slopes' dtype."""
+    dist = (torch.arange(nq, device=slopes.device)[:, None] + nk - nq - torch.arange(nk, device=slopes.device)[None, :])
+    per_head = slopes[None] if slopes.dim() == 1 else slopes
+    return -per_head[:, :, None, None] * dist.abs().to(slopes.dtype)
+
+
+def relative_position_bias(table: torch.Tensor, nq: int, nk: int) -> torch.Tensor:
+    """The dense bias of a relative-position table (H or 1, nq + nk - 1): entry [h, j - i + nq - 1] at
+    (i, j) -> (1, H or 1, nq, nk). A gather, so gradients flow back into the table."""
+    offset = torch.arange(nk, device=table.device)[None, :] - torch.arange(nq, device=table.device)[:, None] + nq - 1
+    return table[:, offset][None]
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
               softmax_scale: float | None = None, causal_align: str = "bottom_right",
               mask: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-              return_lse: bool = False):
+              return_lse: bool = False, softcap: float | None = None):
     """Reference attention in the (B, N, H, D) layout.
 
     Args:
@@ -48,7 +75,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
         softmax_scale: defaults to 1/sqrt(D).
         causal_align: "bottom_right" (flash_attn) or "top_left" (torch SDPA).
         mask: optional boolean tensor broadcastable to (B, Hq, Nq, Nk); True = attend.
-        bias: optional float tensor broadcastable to (B, Hq, Nq, Nk), added to the scaled scores.
+        bias: optional float tensor broadcastable to (B, Hq, Nq, Nk), added to the scaled scores (after
+            the softcap: `alibi_bias`, `relative_position_bias` build the score mods' biases).
+        softcap: optional > 0: scaled scores s become softcap * tanh(s / softcap) (before the bias).
         return_lse: also return the natural-log log-sum-exp (B, Hq, Nq) in float32 (float64 for float64).
 
     Rows with nothing to attend to give zeros (and lse = -inf), not NaN.
@@ -73,6 +102,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     kh = k.transpose(1, 2).repeat_interleave(Hq // Hkv, 1)    # (B, Hq, Nk, D)
     vh = v.transpose(1, 2).repeat_interleave(Hq // Hkv, 1)
     s = torch.matmul(qh, kh.transpose(-1, -2)) * scale        # step 3: S, materialised
+    if softcap:
+        s = softcap * torch.tanh(s / softcap)
     if bias is not None:
         s = s + bias.to(s.dtype)
     allowed = None

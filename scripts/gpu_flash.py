@@ -22,7 +22,8 @@ def section_tests(out):
     env = dict(os.environ, HWATTN_AUTOTUNE="0")
     t0 = time.time()
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-m", "gpu", "tests/ops/test_flash.py",
-                        "-p", "no:cacheprovider"], env=env, capture_output=True, text=True)
+                        "tests/ops/test_score_mods.py", "-p", "no:cacheprovider"], env=env, capture_output=True,
+                       text=True)
     with open(os.path.join(out, "gpu_tests.log"), "w") as f:
         f.write(r.stdout + r.stderr)
     print(r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-2000:], f"({time.time() - t0:.0f}s)",
@@ -69,7 +70,8 @@ def section_bench(out, bench_args):
     argv = ["bench", "--out", out] + bench_args.split()
     main(argv)
     from hwattn.ops.flash import forward, backward
-    for name, k in (("fwd", forward._fwd_autotuned), ("dkdv", backward._dkdv_autotuned), ("dq", backward._dq_autotuned)):
+    for name, k in (("fwd", forward._fwd_autotuned), ("dkdv", backward._dkdv_autotuned),
+                    ("dq", backward._dq_autotuned), ("fused", backward._fused_autotuned)):
         cache = getattr(k, "cache", {})
         for key, cfg in cache.items():
             print(f"best {name} {key[:4]}: {cfg}", flush=True)

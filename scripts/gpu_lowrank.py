@@ -11,16 +11,17 @@ the rest goes on; a watchdog stops the run at --budget and still writes the resu
   0. precompile: worker processes compile, in parallel, every Triton kernel the run needs (ours, and fla's autotune
      configs, split between the workers) into Triton's on-disk cache; the main process then only loads binaries.
   1. correctness vs float64 (bf16 mostly; the interpreter cannot check bf16 on the CPU): linear attention (identity
-     and elu+1 features, normalised or not, causal or not), Performer m=256 in bf16 and fp32, prefill + recurrent
-     decode, Linformer.
-  2. fla autotune at N=16k (all of fla's configs, compiled by the workers; benchmark time per config --fla-tune-ms),
+     and elu+1 features, normalised or not, causal or not), Performer m=256 in bf16 and fp32 (fused kernels, and
+     the unfused path once), prefill + recurrent decode, Linformer.
+  2. the Performer bar: Performer (m=256; fused kernels at chunk 64 and 128, and the unfused path) vs plain linear
+     attention (elu+1 features) at one N (16k), causal, B=1, H=64, D=128, bf16, fwd and bwd; SDPA flash there for
+     scale. Before fla's autotune, so a short budget still measures it.
+  3. fla autotune at N=16k (all of fla's configs, compiled by the workers; benchmark time per config --fla-tune-ms),
      then ours vs fla against float64 at the timed head count.
-  3. the bar: causal, B=1, H=64, D=128, bf16, N in {8k,16k,32k,64k}, fwd and bwd (bwd = torch.autograd.grad on a
-     retained graph, no gradient accumulation): ours and fla chunk_linear_attn, normalised and not.
-  4. Performer (m=256, chunk 64 and 128) vs plain linear attention (elu+1, and identity features) at one N (16k),
-     and SDPA flash (exact causal attention) there for scale.
+  4. the linear bar: causal, B=1, H=64, D=128, bf16, N in {8k,16k,32k,64k}, fwd and bwd (bwd = torch.autograd.grad
+     on a retained graph, no gradient accumulation): ours and fla chunk_linear_attn, normalised and not.
   5. report: table, ratios, fitted exponent of time vs N (goal <= 1.05), the configs fla's autotuner chose.
-  (--sweep: a launch-config sweep of our kernels at N=16k before phase 3; off by default, it costs compiles.)
+  (--sweep: a launch-config sweep of our kernels at N=16k before phase 4; off by default, it costs compiles.)
 Writes at most three files under --out: lowrank.csv (every row, column "section"), lowrank.png, lowrank.log.
 """
 import argparse
@@ -169,15 +170,30 @@ def corr_linear(dtype, causal, feature_map, normalize, shape):
            dtype, errs, extra)
 
 
-def corr_performer(dtype, causal, shape, m=256, chunk_size=64):
-    from hwattn.ops.performer import draw_projection, performer_attention
+def performer_fn(w, causal=True, chunk_size=64, fused=True):
+    """performer_attention with the fused kernels (the default) or the unfused path (features first, then the
+    linear core: performer.interface.FUSED = False for the call)."""
+    from hwattn.ops.performer import interface
+
+    def fn(q, k, v):
+        saved, interface.FUSED = interface.FUSED, fused
+        try:
+            return interface.performer_attention(q, k, v, w, causal=causal, chunk_size=chunk_size)
+        finally:
+            interface.FUSED = saved
+    return fn
+
+
+def corr_performer(dtype, causal, shape, m=256, chunk_size=64, fused=True):
+    from hwattn.ops.performer import draw_projection
     from hwattn.ops.performer.naive import performer_attention_naive
     B, N, H, D = shape
     w = draw_projection(m, D, seed=0, device=DEVICE)
     q, k, v = (_rand(shape, dtype) for _ in range(3))
-    errs = grads_vs(lambda a, b, c: performer_attention(a, b, c, w, causal=causal, chunk_size=chunk_size),
+    errs = grads_vs(performer_fn(w, causal, chunk_size, fused),
                     lambda a, b, c: performer_attention_naive(a, b, c, w.double(), causal=causal), (q, k, v), dtype)
-    record(f"performer m={m} {'causal' if causal else 'noncausal'} C={chunk_size} {B}x{N}x{H}x{D}", dtype, errs)
+    record(f"performer m={m} {'causal' if causal else 'noncausal'} C={chunk_size}{'' if fused else ' unfused'} "
+           f"{B}x{N}x{H}x{D}", dtype, errs)
 
 
 def corr_decode(dtype):
@@ -226,6 +242,7 @@ def correctness_items():
         ("linear elu+1 causal (timed kernels)", lambda: corr_linear(bf16, True, "elu+1", True, bar)),
         ("performer causal (timed kernels)", lambda: corr_performer(bf16, True, bar)),
         ("performer causal C=128 (timed kernels)", lambda: corr_performer(bf16, True, bar, chunk_size=128)),
+        ("performer causal unfused (timed kernels)", lambda: corr_performer(bf16, True, bar, fused=False)),
         ("performer causal fp32 (triton 3.6 compile failure)", lambda: corr_performer(f32, True, (1, S(1024), 4, 64))),
         ("performer noncausal fp32", lambda: corr_performer(f32, False, (1, S(1024), 4, 64))),
         ("performer noncausal bf16", lambda: corr_performer(bf16, False, (1, S(1024), 4, 64))),
@@ -476,7 +493,7 @@ def performer_timings():
     flash (exact causal attention) for scale."""
     import torch.nn.functional as F
     from hwattn.ops.linear_attn import linear_attention
-    from hwattn.ops.performer import draw_projection, performer_attention
+    from hwattn.ops.performer import draw_projection
     B, H, D = bar_shape()
     n = S(ONE_N)
     w = draw_projection(256, D, seed=0, device=DEVICE)
@@ -484,9 +501,9 @@ def performer_timings():
         return
     qkv = make_inputs(n, DTYPE, positive=False)
     for name, fn in (("ours elu+1", lambda q, k, v: linear_attention(q, k, v, causal=True)),
-                     ("performer m=256", lambda q, k, v: performer_attention(q, k, v, w, causal=True)),
-                     ("performer m=256 C=128", lambda q, k, v: performer_attention(q, k, v, w, causal=True,
-                                                                                   chunk_size=128))):
+                     ("performer m=256", performer_fn(w)),
+                     ("performer m=256 C=128", performer_fn(w, chunk_size=128)),
+                     ("performer m=256 unfused", performer_fn(w, fused=False))):
         time_item(name, n, fn, qkv, 3)
     if have_time(6, "sdpa flash"):
         from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -591,6 +608,7 @@ def report(out):
     print("\n=== ratios (< 1: the first is faster) ===")
     for a_name, b_name in (("ours norm", "fla norm"), ("ours nonorm", "fla nonorm"),
                            ("performer m=256", "ours elu+1"), ("performer m=256 C=128", "ours elu+1"),
+                           ("performer m=256 unfused", "ours elu+1"), ("performer m=256", "performer m=256 unfused"),
                            ("performer m=256", "ours norm"), ("ours elu+1", "ours norm")):
         if a_name in by and b_name in by:
             cells = []
@@ -601,6 +619,12 @@ def report(out):
                                  f"total {a['total_ms'] / b['total_ms']:.2f}")
             if cells:
                 print(f"{a_name} / {b_name}: " + "; ".join(cells))
+    for name in ("performer m=256", "performer m=256 C=128", "performer m=256 unfused"):
+        if name in by and "ours elu+1" in by:
+            for n in sorted(set(by[name]) & set(by["ours elu+1"])):
+                ratio = by[name][n]["total_ms"] / by["ours elu+1"][n]["total_ms"]
+                print(f"issue 5 bar: {name} fwd+bwd / linear elu+1 fwd+bwd at N={n}: {ratio:.2f} "
+                      f"({'met' if ratio <= 1.5 else 'not met'}: <= 1.5)")
     corr = [r for r in ROWS if r["section"] == "correctness"]
     fails = [r["case"] for r in corr if not r["pass"]]
     print(f"\ncorrectness: {len(corr) - len(fails)}/{len(corr)} pass" + (f"; FAIL: {fails}" if fails else ""))
@@ -650,25 +674,37 @@ def _cc_kernel_modules():
         stub.Tensor = type("Tensor", (), {})
         sys.modules.setdefault("torch", stub)
         root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "hwattn", "ops")
+        # performer/kernels.py imports helpers from ..linear_attn.kernels: empty packages stand in for hwattn's
+        # (whose __init__ imports torch), so the relative import finds the module loaded here
+        for pkg in ("hwattn", "hwattn.ops", "hwattn.ops.linear_attn", "hwattn.ops.performer"):
+            if pkg not in sys.modules:
+                mod = types.ModuleType(pkg)
+                mod.__path__ = [os.path.join(root, "..", *pkg.split(".")[1:])]
+                sys.modules[pkg] = mod
         mods = []
         for name in ("linear_attn", "performer"):
-            spec = importlib.util.spec_from_file_location(f"_cc_{name}_kernels", os.path.join(root, name, "kernels.py"))
+            full = f"hwattn.ops.{name}.kernels"
+            spec = importlib.util.spec_from_file_location(full, os.path.join(root, name, "kernels.py"))
             mod = importlib.util.module_from_spec(spec)
+            sys.modules[full] = mod
             spec.loader.exec_module(mod)
             mods.append(mod)
         return tuple(mods)
 
 
 _CC_DIMS = ((64, 64), (64, 128), (128, 128), (256, 64), (256, 128))
+_CC_FUSED_DIMS = ((64, 64, 64), (64, 64, 256), (128, 128, 256), (128, 64, 128))  # Performer fused: (D, Dv, m)
 
 
-def enumerate_launches(chunks=(16, 32, 64, 128), lengths=(1000, 4096), dims=_CC_DIMS):
+def enumerate_launches(chunks=(16, 32, 64, 128), lengths=(1000, 4096), dims=_CC_DIMS,
+                       fused_dims=_CC_FUSED_DIMS):
     """Every distinct (kernel, signature, constexprs, warps, stages) the launchers produce over dtypes bf16/fp16/fp32,
     (Dk, Dv) in {(64, 64), (64, 128), (128, 128), (256, 64), (256, 128)} (head dims 64/128, Performer m = 64/256),
     the given chunk sizes and sequence lengths (1000: lengths and chunk counts not multiples of 16; 4096: multiples,
     which Triton specialises on), every flag combination (causal, normalize, feature map, initial state, final
     state, saved for backward, final-state gradient, initial-state gradient), the recurrent kernel, the Performer
-    feature kernels (D 64/128, m 64/256, every kind and mode), plus the configs section_sweep tries.
+    feature kernels (D 64/128, m 64/256, every kind and mode), Performer's fused attention kernels over `fused_dims`
+    (D, Dv, m) (causal or not, softmax/relu, saved for backward or not), plus the configs section_sweep tries.
     Returns a list of JSON-able dicts."""
     import itertools
     import torch
@@ -711,8 +747,10 @@ def enumerate_launches(chunks=(16, 32, 64, 128), lengths=(1000, 4096), dims=_CC_
     saved = {}
     for module, (mod, names) in kernels.items():
         for name in names:
-            saved[(mod, name)] = getattr(mod, name)
-            setattr(mod, name, recorder(module, name, saved[(mod, name)]))
+            saved[(mod, name)] = fn = getattr(mod, name)
+            # a kernel the performer module imports from linear_attn (the dd pass) is recorded as linear_attn's
+            home = "linear_attn" if getattr(fn, "fn", fn).__module__ == lk.__name__ else module
+            setattr(mod, name, recorder(home, name, fn))
     configs = dict(lk.CONFIGS)
     meta = torch.device("meta")
     try:
@@ -741,13 +779,24 @@ def enumerate_launches(chunks=(16, 32, 64, 128), lengths=(1000, 4096), dims=_CC_
         for dtype, D, M, N in itertools.product(dtypes, (64, 128), (64, 256), lengths):
             x = torch.empty(1, N, 2, D, device=meta, dtype=dtype)
             w = torch.empty(M, D, device=meta, dtype=torch.float32)
+            w_hi, w_lo = pk.split_projection(w, dtype)
             fdt = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
             off = torch.empty(2, device=meta, dtype=torch.float32)
             for kind, mode in ((pk.KIND_SOFTMAX, pk.MODE_QUERY), (pk.KIND_SOFTMAX, pk.MODE_KEY),
                                (pk.KIND_SOFTMAX, pk.MODE_BLOCK_MAX), (pk.KIND_RELU, pk.MODE_QUERY)):
-                f = pk.favor_fwd(x, w, kind, mode, fdt, off if mode == pk.MODE_KEY else None, 1e-3)
+                f = pk.favor_fwd(x, w_hi, w_lo, kind, mode, fdt, off if mode == pk.MODE_KEY else None, 1e-3)
                 if mode != pk.MODE_BLOCK_MAX:
                     pk.favor_bwd(x, w, f, torch.empty_like(f), kind)
+        # Performer with the features fused into the attention kernels (performer_attention): (D, Dv, m)
+        for dtype, (D, V, M), BT, N in itertools.product(dtypes, fused_dims, chunks, lengths):
+            q, k = (torch.empty(1, N, 2, D, device=meta, dtype=dtype) for _ in range(2))
+            v = torch.empty(1, N, 2, V, device=meta, dtype=dtype)
+            w_hi, w_lo = pk.split_projection(torch.empty(M, D, device=meta), dtype)
+            for causal, kind, save in itertools.product((True, False), (pk.KIND_SOFTMAX, pk.KIND_RELU),
+                                                        (True, False)):
+                o, st = pk.fused_fwd(q, k, v, w_hi, w_lo, kind, causal, 1e-12, 1e-3, BT, save)
+                if save:
+                    pk.fused_bwd(torch.empty_like(o), q, k, v, o, w_hi, st, kind, causal, 1e-3, BT)
         # the configs section_sweep can pick (bf16, D = 128, chunk 64, causal, identity and elu+1 features)
         for dtype in dtypes:
             q, k, v = (torch.empty(1, 4096, 2, 128, device=meta, dtype=dtype) for _ in range(3))
@@ -814,6 +863,11 @@ def _cc_label(spec):
             f"w{spec['num_warps']} s{spec['num_stages']} {c}")
 
 
+def _cc_input_dtype(spec):
+    """The dtype of a launch's inputs: its first argument is an input tensor in every kernel (q, k, x or o)."""
+    return next(iter(spec["signature"].values()))[1:]
+
+
 def compile_check(args):
     import json
     import triton
@@ -825,14 +879,22 @@ def compile_check(args):
     else:
         specs = enumerate_launches(tuple(int(c) for c in args.cc_chunks.split(",")),
                                    tuple(int(n) for n in args.cc_lengths.split(",")),
-                                   tuple(tuple(int(x) for x in d.split("x")) for d in args.cc_dims.split(",")))
+                                   tuple(tuple(int(x) for x in d.split("x")) for d in args.cc_dims.split(",")),
+                                   tuple(tuple(int(x) for x in d.split("x")) for d in args.cc_fused_dims.split(",")))
         log(f"{len(specs)} distinct launch specialisations enumerated")
+    if args.cc_kernels or args.cc_dtypes:
+        import re
+        pat = re.compile(args.cc_kernels or ".")
+        want = set(args.cc_dtypes.split(",")) if args.cc_dtypes else None
+        specs = [s for s in specs if pat.search(s["kernel"]) and (want is None or _cc_input_dtype(s) in want)]
+        log(f"{len(specs)} kept by --cc-kernels {args.cc_kernels!r} --cc-dtypes {args.cc_dtypes!r}")
+    if args.write_launches or (args.launches and not os.path.exists(args.launches)):
         if args.launches:
             with open(args.launches, "w") as f:
                 json.dump(specs, f)
             log(f"written to {args.launches}")
-            if args.write_launches:
-                return 0
+        if args.write_launches:
+            return 0
     log(f"compiling for sm_90 with triton {triton.__version__} on {args.jobs} processes")
     failures = []
     from concurrent.futures import ProcessPoolExecutor
@@ -893,6 +955,12 @@ def main():
     cc.add_argument("--cc-chunks", default="16,32,64,128")
     cc.add_argument("--cc-lengths", default="1000,4096")
     cc.add_argument("--cc-dims", default=",".join(f"{k}x{v}" for k, v in _CC_DIMS), help="Dk x Dv pairs")
+    cc.add_argument("--cc-fused-dims", default=",".join("x".join(map(str, d)) for d in _CC_FUSED_DIMS),
+                    help="Performer fused kernels: D x Dv x m triples")
+    cc.add_argument("--cc-kernels", default=None,
+                    help="only compile kernels whose name matches this regex (e.g. '_favor_')")
+    cc.add_argument("--cc-dtypes", default=None,
+                    help="only compile specialisations for these input dtypes (comma list of bf16,fp16,fp32)")
     cc.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile processes")
     args = ap.parse_args()
 
@@ -945,7 +1013,9 @@ def main():
                 continue
             log(f"correctness: {name} ...")
             guarded(f"correctness: {name}")(item)()
-        # 2. fla autotune at one N, then ours vs fla vs float64
+        # 2. Performer vs linear at one N (+ SDPA): the issue's open bar, before fla's autotune
+        guarded("performer timings")(performer_timings)()
+        # 3. fla autotune at one N, then ours vs fla vs float64
         if fla is not None and have_time(40, "fla autotune and fla timings"):
             fla_tune(fla, args.fla_tune_ms)
             fla_check(fla)
@@ -953,10 +1023,8 @@ def main():
             fla = None
         if args.sweep and have_time(60, "sweep"):
             section_sweep(time.time() + min(60, remaining() - 50))
-        # 3. the bar
+        # 4. the linear-vs-fla bar
         guarded("bar timings")(bar_timings)(fla)
-        # 4. Performer vs linear at one N (+ SDPA)
-        guarded("performer timings")(performer_timings)()
     except OutOfTime:
         log(f"budget of {args.budget:.0f} s reached: stopping here")
     finally:

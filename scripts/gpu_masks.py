@@ -46,6 +46,10 @@ def main():
         res = {"case": name, "n": n, "density": round(bm.density(), 4), "build_s": round(build_s, 2)}
         res["hwattn_fwd_ms"] = bench(lambda: hwattn.flash_attention(q, k, v, block_mask=bm))
         res["hwattn_bwd_ms"] = bench(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))
+        for mode in ("split", "fused"):  # the default (HWATTN_BWD=auto) takes one of these (split, for block masks)
+            os.environ["HWATTN_BWD"] = mode
+            res[f"hwattn_{mode}_bwd_ms"] = bench(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))
+            os.environ.pop("HWATTN_BWD")
         if flex_too:
             qh, kh, vh = (x.detach().transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
             fbm = flex_block_mask(mask_mod, None, None, n, n, device="cuda")

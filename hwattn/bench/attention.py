@@ -13,6 +13,7 @@ from .memory import peak_extra_bytes
 from .providers import PROVIDERS
 
 ALL_PROVIDERS = ["hwattn", "sdpa_cudnn", "sdpa_flash", "sdpa_efficient", "flex", "naive"]
+EXTRA_PROVIDERS = ["hwattn_split", "hwattn_fused"]  # valid for --providers, not part of "all"
 NAIVE_MAX_BYTES = 24 * 2**30  # the naive provider materialises S and P; skip it where they would not fit
 
 
@@ -90,6 +91,9 @@ def run_one(provider: str, cfg: Config, device, dtype, modes=("fwd", "bwd")) -> 
     shape = (cfg.batch, cfg.n, cfg.heads, cfg.d)
     q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
     bench = _timer(device)
+    env = getattr(PROVIDERS[provider], "env", {})
+    saved_env = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     try:
         fn = PROVIDERS[provider](q, k, v, cfg.causal)
         inputs = getattr(fn, "inputs", (q, k, v))
@@ -114,6 +118,11 @@ def run_one(provider: str, cfg: Config, device, dtype, modes=("fwd", "bwd")) -> 
     except Exception as e:  # one provider failing must not end the run; the table says why
         res.error = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
     finally:
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return res

@@ -9,7 +9,8 @@ import os
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="small grid: N in {1024, 4096}")
     p.add_argument("--providers", default="all",
-                   help="comma list from hwattn,sdpa_cudnn,sdpa_flash,sdpa_efficient,flex,naive (default all)")
+                   help="comma list from hwattn,sdpa_cudnn,sdpa_flash,sdpa_efficient,flex,naive (default all), or "
+                        "hwattn_split / hwattn_fused (our backward forced to two launches / one, for comparison)")
     p.add_argument("--d", default="64,128", help="head dims (default 64,128)")
     p.add_argument("--n", default=None, help="sequence lengths, comma list (default 512..16384)")
     p.add_argument("--causal", choices=["both", "yes", "no"], default="both")
@@ -36,11 +37,11 @@ def main(args) -> int:
     from rich.progress import Progress
     from rich.table import Table
 
-    from .attention import ALL_PROVIDERS, Config, geomean, plot, run_one, write_csv
+    from .attention import ALL_PROVIDERS, EXTRA_PROVIDERS, Config, geomean, plot, run_one, write_csv
 
     console = Console(width=None if Console().is_terminal else 130)
     providers = ALL_PROVIDERS if args.providers == "all" else [p.strip() for p in args.providers.split(",")]
-    bad = [p for p in providers if p not in ALL_PROVIDERS]
+    bad = [p for p in providers if p not in ALL_PROVIDERS + EXTRA_PROVIDERS]
     if bad:
         raise SystemExit(f"--providers: unknown {bad}; valid: {','.join(ALL_PROVIDERS)}")
     modes = tuple(m for m in args.modes.split(","))
@@ -79,7 +80,7 @@ def main(args) -> int:
     stamp = datetime.date.today().isoformat()
     plot(results, png_path, f"{name}, {args.dtype}, B*N={args.tokens}, H*D={args.hidden}, {stamp}")
 
-    peers = [p for p in providers if p not in ("hwattn", "naive")]
+    peers = [p for p in providers if not p.startswith("hwattn") and p != "naive"]  # hwattn_split is ours too
     table = Table(title=f"attention TFLOP/s on {name} ({args.dtype}); ratio = hwattn / best peer")
     for col in ("D", "N", "causal", *(f"{p} fwd/bwd" for p in providers), "fwd ratio", "bwd ratio"):
         table.add_column(col, justify="right")

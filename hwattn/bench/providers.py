@@ -2,6 +2,8 @@
 
     make(q, k, v, causal) -> fn, where fn() runs the forward and returns the output.
 
+A `make` with an `env` dict attribute is measured with those environment variables set.
+
 q/k/v arrive in the (B, N, H, D) layout; a provider that wants another layout converts once, outside
 the timed region, as a user of that library would store their tensors.
 """
@@ -14,6 +16,19 @@ import torch.nn.functional as F
 def _hwattn(q, k, v, causal):
     from ..ops.flash import flash_attention
     return lambda: flash_attention(q, k, v, causal=causal)
+
+
+def _hwattn_split(q, k, v, causal):
+    return _hwattn(q, k, v, causal)
+
+
+def _hwattn_fused(q, k, v, causal):
+    return _hwattn(q, k, v, causal)
+
+
+# the backward forced to two launches (dK/dV, then dQ) or to one, whatever HWATTN_BWD=auto would pick
+_hwattn_split.env = {"HWATTN_BWD": "split"}
+_hwattn_fused.env = {"HWATTN_BWD": "fused"}
 
 
 def _sdpa(backend_name):
@@ -66,6 +81,8 @@ def _naive(q, k, v, causal):
 
 PROVIDERS = {
     "hwattn": _hwattn,
+    "hwattn_split": _hwattn_split,
+    "hwattn_fused": _hwattn_fused,
     "sdpa_cudnn": _sdpa("CUDNN_ATTENTION"),
     "sdpa_flash": _sdpa("FLASH_ATTENTION"),
     "sdpa_efficient": _sdpa("EFFICIENT_ATTENTION"),

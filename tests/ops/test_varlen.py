@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from hwattn._runtime import interpreting
 from hwattn.ops.flash.interface import flash_attention
 from hwattn.ops.flash.varlen import flash_attention_varlen
-from hwattn.reference import attention as reference
+from hwattn.reference import alibi_bias, attention as reference, window_mask
 from hwattn.testing import assert_rel_close
 
 # (query lengths, key lengths). Interpreter blocks are 32x16 (fwd), 16x32 (dK/dV), 32x16 (dQ): lengths
@@ -31,8 +31,9 @@ def _inputs(lq, lk, h_kv, group, d, dtype, device="cpu"):
     return q, k, v
 
 
-def _reference(q, k, v, lq, lk, causal, softmax_scale=None):
-    """Float64 reference sequence by sequence: out (total_q, H, D), lse (H, total_q), grads for `do`."""
+def _reference(q, k, v, lq, lk, causal, softmax_scale=None, window=None, alibi_slopes=None, softcap=None):
+    """Float64 reference sequence by sequence: out (total_q, H, D), lse (H, total_q), grads for `do`; the
+    window and ALiBi are applied per sequence (bottom-right aligned in each)."""
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
     cq, ck = _cu(lq).tolist(), _cu(lk).tolist()
     outs, lses = [], []
@@ -44,21 +45,27 @@ def _reference(q, k, v, lq, lk, causal, softmax_scale=None):
             outs.append(qs * 0)
             lses.append(torch.full((q.shape[1], lq[b]), float("-inf"), dtype=torch.float64, device=q.device))
             continue
+        mask = None if window is None else window_mask(lq[b], lk[b], window[0], 0 if causal else window[1],
+                                                       device=q.device)
+        bias = None
+        if alibi_slopes is not None:
+            slopes = alibi_slopes if alibi_slopes.dim() == 1 else alibi_slopes[b]
+            bias = alibi_bias(slopes.double(), lq[b], lk[b])
         out, lse = reference(qs[None], k64[ck[b]:ck[b + 1]][None], v64[ck[b]:ck[b + 1]][None], causal=causal,
-                             softmax_scale=softmax_scale, return_lse=True)
+                             softmax_scale=softmax_scale, return_lse=True, mask=mask, bias=bias, softcap=softcap)
         outs.append(out[0])
         lses.append(lse[0])
     return torch.cat(outs), torch.cat(lses, dim=1), (q64, k64, v64)
 
 
-def _check(lq, lk, group, d, causal, dtype, softmax_scale=None, device="cpu", h_kv=2):
+def _check(lq, lk, group, d, causal, dtype, softmax_scale=None, device="cpu", h_kv=2, **mods):
     q, k, v = _inputs(lq, lk, h_kv, group, d, dtype, device)
     cq, ck = _cu(lq, device), _cu(lk, device)
     out, lse = flash_attention_varlen(q, k, v, cq, ck, max(lq), max(lk), causal=causal,
-                                      softmax_scale=softmax_scale, return_lse=True)
+                                      softmax_scale=softmax_scale, return_lse=True, **mods)
     do = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), do)
-    ref, ref_lse, leaves = _reference(q, k, v, lq, lk, causal, softmax_scale)
+    ref, ref_lse, leaves = _reference(q, k, v, lq, lk, causal, softmax_scale, **mods)
     ref_grads = torch.autograd.grad(ref, leaves, do.double(), allow_unused=True)
     lse, ref_lse = lse.cpu(), ref_lse.cpu()
     assert_rel_close("out", out, ref, dtype)
@@ -119,6 +126,59 @@ def test_matches_dense_kernel_per_sequence(causal):
         sq, sk = slice(int(cq[b]), int(cq[b + 1])), slice(int(ck[b]), int(ck[b + 1]))
         qs, ks, vs = (x.detach()[s][None].requires_grad_() for x, s in ((q, sq), (k, sk), (v, sk)))
         o = flash_attention(qs, ks, vs, causal=causal)
+        g = torch.autograd.grad(o, (qs, ks, vs), do[sq][None])
+        for name, t in zip(pieces, (o, *g)):
+            pieces[name].append(t[0])
+    for name, got in zip(pieces, (out, *grads)):
+        want = torch.cat(pieces[name])
+        if interpreting():
+            assert torch.equal(got, want), f"{name} differs from the dense kernel"
+        else:
+            assert_rel_close(name, got, want, torch.float16, 1e-3)
+
+
+# (lengths, window, causal, dtype, mods): bounded on either side, with causal, with ALiBi and softcap
+WINDOW_CASES = [(SELF, (5, 3), False, torch.float32, ""), (CROSS, (7, -1), True, torch.float16, ""),
+                (SELF, (-1, 4), False, torch.float16, "alibi,softcap"), (CROSS, (10, 0), False, torch.float32,
+                                                                          "alibi_b,softcap")]
+
+
+def _varlen_mods(names, batch, n_heads):
+    mods = {}
+    if "alibi" in names:
+        mods["alibi_slopes"] = torch.rand(n_heads) * 0.5 + 0.05
+    if "alibi_b" in names:
+        mods["alibi_slopes"] = torch.rand(batch, n_heads) * 0.5 + 0.05
+    if "softcap" in names:
+        mods["softcap"] = 3.0
+    return mods
+
+
+@pytest.mark.parametrize("lq,lk,window,causal,dtype,names", [
+    pytest.param(*c[0], *c[1:], id=f"{'self' if c[0] is SELF else 'cross'}-w{c[1][0]}_{c[1][1]}-"
+                                   f"{'causal' if c[2] else 'full'}-{str(c[3])[6:]}-{c[4] or 'nomods'}")
+    for c in WINDOW_CASES])
+def test_window_and_mods_match_float64_reference(lq, lk, window, causal, dtype, names):
+    _check(lq, lk, 2, 32, causal, dtype, h_kv=1, window=window, **_varlen_mods(names.split(","), len(lq), 2))
+
+
+def test_window_and_mods_match_dense_kernel_per_sequence():
+    """The varlen kernels cut the window's block ranges with the dense kernels' functions: each sequence
+    gives what a dense call with the same window, slopes and softcap gives on it alone (bit for bit under
+    the interpreter)."""
+    lq, lk = [3, 40, 17, 45], [9, 33, 17, 45]
+    q, k, v = _inputs(lq, lk, 1, 2, 32, torch.float16)
+    cq, ck = _cu(lq), _cu(lk)
+    slopes = torch.rand(len(lq), 2)
+    mods = dict(window=(6, 2), softcap=3.0)
+    out = flash_attention_varlen(q, k, v, cq, ck, max(lq), max(lk), alibi_slopes=slopes, **mods)
+    do = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    pieces = {"out": [], "dq": [], "dk": [], "dv": []}
+    for b in range(len(lq)):
+        sq, sk = slice(int(cq[b]), int(cq[b + 1])), slice(int(ck[b]), int(ck[b + 1]))
+        qs, ks, vs = (x.detach()[s][None].requires_grad_() for x, s in ((q, sq), (k, sk), (v, sk)))
+        o = flash_attention(qs, ks, vs, alibi_slopes=slopes[b], **mods)
         g = torch.autograd.grad(o, (qs, ks, vs), do[sq][None])
         for name, t in zip(pieces, (o, *g)):
             pieces[name].append(t[0])
@@ -196,6 +256,14 @@ def _ok():
     (dict(softmax_scale=-1.0), ValueError, ["softmax_scale", "> 0"]),
     (dict(softmax_scale="x"), TypeError, ["softmax_scale"]),
     (dict(return_lse=None), TypeError, ["return_lse"]),
+    (dict(window=(-2, 3)), ValueError, ["window", "left", "-2"]),
+    (dict(window=(3, 2.0)), ValueError, ["window", "right", "2.0"]),
+    (dict(window=[1, 2, 3]), ValueError, ["window", "pair"]),
+    (dict(window=(3, 2), causal=True), ValueError, ["window", "right", "causal"]),
+    (dict(alibi_slopes=torch.rand(3)), ValueError, ["alibi_slopes", "(2,)", "(2, 2)", "(3,)"]),
+    (dict(alibi_slopes=torch.rand(2).half()), TypeError, ["alibi_slopes", "float16", "float32"]),
+    (dict(alibi_slopes=torch.rand(2, requires_grad=True)), ValueError, ["alibi_slopes", "grad"]),
+    (dict(softcap=-3.0), ValueError, ["softcap", "> 0"]),
 ])
 def test_bad_input_is_refused_clearly(change, exc, words):
     args = {**_ok(), **change}
@@ -212,6 +280,16 @@ def test_gpu_bf16(causal):
     lq = [1, 300, 129, 1000, 64]
     lk = lq if not causal else [5, 300, 200, 1000, 1]
     _check(lq, lk, 4, 128, causal, torch.bfloat16, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal,window", [(False, (100, 20)), (True, (256, 0))])
+def test_gpu_bf16_window_and_mods(causal, window):
+    torch.manual_seed(0)
+    lq = [1, 300, 129, 1000, 64]
+    lk = lq if not causal else [5, 300, 200, 1000, 1]
+    _check(lq, lk, 4, 128, causal, torch.bfloat16, device="cuda", window=window,
+           alibi_slopes=torch.rand(len(lq), 8, device="cuda"), softcap=30.0)
 
 
 def test_host_check_is_redone_after_an_in_place_change():

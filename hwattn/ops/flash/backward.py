@@ -6,16 +6,24 @@
 
 dQ gets its own pass instead of atomic adds: results are deterministic run to run, at the price of
 recomputing QK^T and dO V^T once more (7 block matmuls instead of 5).
+
+Score mods (common.modded_scores) are recomputed in both passes exactly as the forward applied them, so P
+matches the saved LSE; softcap multiplies dS by 1 - tanh^2. A relative-position table's gradient,
+d rel_bias[h, j - i + Nq - 1] = sum of dS[i, j] over its diagonal, is added with fp32 atomics from the dQ
+pass (one table row per head, O(Nq + Nk) memory): the only gradient whose summation order varies.
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 from ..._runtime import interpreting
-from .common import LOG2E, kv_block_bounds, q_block_bounds, visible
+from .common import LOG2E, accumulate_rel_bias_grad, kv_ranges, modded_scores, q_ranges, visible
 from .block_mask import kernel_args
-from .configs import autotune_enabled, autotuned, configs, fixed_config
+from .configs import autotune_enabled, autotuned, configs, fixed_config, launch_fixed
 from .forward import dot_precision, seq_bucket
+from .score_mods import score_mod_kwargs
 
 
 @triton.jit
@@ -39,18 +47,28 @@ def _bwd_preprocess(O, DO, DELTA, stride_ob, stride_om, stride_oh, stride_dob, s
 @triton.jit
 def _dkdv_step(dk, dv, k, v, qt_ptrs, do_ptrs, lse_ptrs, delta_ptrs, rows, cols, n_q, n_k, qk_scale, tile_ptrs,
                BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-               TILE_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+               TILE_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+               window_left=0, window_right=0, softcap_log2=1.0, alibi_slope=0.0, rel_bias_row=None,
+               WINDOW: tl.constexpr = False, SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False,
+               REL_BIAS: tl.constexpr = False):
     """One query block's contribution to dK, dV of a key block. Tiles are transposed (keys x queries)
-    so dV = P^T dO and dK = dS^T Q need no transposes."""
+    so dV = P^T dO and dK = dS^T Q need no transposes. The trailing arguments (a window, score mods; off by
+    default) are `common.visible`'s and `common.modded_scores`'."""
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     row_ok = rows < n_q
     # rows past n_q load q = dO = 0 and lse = +inf, so their P and dS are exactly 0
     qt = tl.load(qt_ptrs, mask=row_ok[None, :] & d_ok[:, None], other=0.0)
     lse = tl.load(lse_ptrs, mask=row_ok, other=float("inf"))
-    pt = tl.math.exp2(tl.dot(k, qt, input_precision=DOT_PRECISION) * qk_scale - lse[None, :])
+    qkt = tl.dot(k, qt, input_precision=DOT_PRECISION)
+    if (SOFTCAP or ALIBI) or REL_BIAS:
+        # the forward's modded scores, recomputed (log2 domain, scale included): P matches the saved LSE
+        qkt, dcap = modded_scores(qkt, qk_scale, rows[None, :], cols[:, None], n_q, n_k, softcap_log2, alibi_slope,
+                                  rel_bias_row, SOFTCAP, ALIBI, REL_BIAS)
+        qk_scale = 1.0
+    pt = tl.math.exp2(qkt * qk_scale - lse[None, :])
     if MASKED:
-        keep = visible(rows[None, :], cols[:, None], n_q, n_k, CAUSAL)
+        keep = visible(rows[None, :], cols[:, None], n_q, n_k, CAUSAL, window_left, window_right, WINDOW)
         if TILE_MASK:
             keep = keep & (tl.load(tile_ptrs) != 0)
         pt = tl.where(keep, pt, 0.0)
@@ -59,6 +77,8 @@ def _dkdv_step(dk, dv, k, v, qt_ptrs, do_ptrs, lse_ptrs, delta_ptrs, rows, cols,
     delta = tl.load(delta_ptrs, mask=row_ok, other=0.0)
     dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
     dst = pt * (dpt - delta[None, :])
+    if SOFTCAP:
+        dst = dst * dcap  # chain rule through softcap * tanh(s / softcap)
     dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=DOT_PRECISION)
     return dk, dv
 
@@ -66,7 +86,10 @@ def _dkdv_step(dk, dv, k, v, qt_ptrs, do_ptrs, lse_ptrs, delta_ptrs, rows, cols,
 @triton.jit
 def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom, cols, lo, hi,
                 n_q, n_k, qk_scale, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
-                MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                window_left=0, window_right=0, softcap_log2=1.0, alibi_slope=0.0, rel_bias_row=None,
+                WINDOW: tl.constexpr = False, SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False,
+                REL_BIAS: tl.constexpr = False):
     """Accumulate one query head's contribution to dK, dV of a key block over query rows [lo, hi)."""
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -78,7 +101,9 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, 
         dk, dv = _dkdv_step(dk, dv, k, v, q_base + start_m.to(tl.int64) * stride_qm + qt_tile,
                             do_base + start_m.to(tl.int64) * stride_dom + do_tile, lse_base + rows,
                             delta_base + rows, rows, cols, n_q, n_k, qk_scale, None,
-                            BLOCK_D, HEAD_DIM, MASKED, CAUSAL, False, DOT_PRECISION)
+                            BLOCK_D, HEAD_DIM, MASKED, CAUSAL, False, DOT_PRECISION,
+                            window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
+                            WINDOW, SOFTCAP, ALIBI, REL_BIAS)
     return dk, dv
 
 
@@ -87,7 +112,8 @@ def _dkdv_sparse(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm,
                  qk_scale, list_off, NUM, IDX, TILE_OF, TILES, col_in_tile, n_mask_rows,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
                  MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr, PARTIAL: tl.constexpr,
-                 DOT_PRECISION: tl.constexpr):
+                 DOT_PRECISION: tl.constexpr, softcap_log2=1.0, alibi_slope=0.0, rel_bias_row=None,
+                 SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False, REL_BIAS: tl.constexpr = False):
     """The query blocks a block mask lists for this key block (its transposed lists)."""
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -108,12 +134,38 @@ def _dkdv_sparse(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm,
                                 do_base + start_m.to(tl.int64) * stride_dom + do_tile, lse_base + rows,
                                 delta_base + rows, rows, cols, n_q, n_k, qk_scale,
                                 tile_base + sub * BLOCK_M * MASK_BLOCK_N + mask_tile,
-                                BLOCK_D, HEAD_DIM, PARTIAL, False, PARTIAL, DOT_PRECISION)
+                                BLOCK_D, HEAD_DIM, PARTIAL, False, PARTIAL, DOT_PRECISION,
+                                0, 0, softcap_log2, alibi_slope, rel_bias_row, False, SOFTCAP, ALIBI, REL_BIAS)
     return dk, dv
 
 
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
+def _dkdv_dense(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom, cols, lo, full_lo,
+                full_hi, hi, n_q, n_k, qk_scale, window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
+                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                DOT_PRECISION: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
+                REL_BIAS: tl.constexpr):
+    """One query head's rows that see the key block, as `common.q_ranges` cut them: masked [lo, full_lo),
+    unmasked [full_lo, full_hi), masked [full_hi, hi) (empty without a window). Shared by the dense and
+    the varlen kernels."""
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom, cols, lo,
+                         full_lo, n_q, n_k, qk_scale, BLOCK_M, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION,
+                         window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
+                         WINDOW, SOFTCAP, ALIBI, REL_BIAS)
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom, cols, full_lo,
+                         full_hi, n_q, n_k, qk_scale, BLOCK_M, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION,
+                         window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
+                         WINDOW, SOFTCAP, ALIBI, REL_BIAS)
+    if WINDOW:
+        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom, cols,
+                             full_hi, hi, n_q, n_k, qk_scale, BLOCK_M, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION,
+                             window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
+                             WINDOW, SOFTCAP, ALIBI, REL_BIAS)
+    return dk, dv
+
+
+@triton.jit
+def _dkdv_program(pid_n, pid_bh, Q, K, V, DO, LSE, DELTA, DK, DV,
                      stride_qb, stride_qm, stride_qh, stride_kb, stride_kn, stride_kh,
                      stride_vb, stride_vn, stride_vh, stride_dob, stride_dom, stride_doh,
                      stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
@@ -122,11 +174,12 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
                      n_mask_rows,
                      CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                     HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr):
+                     HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr,
+                     SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right,
+                     WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr):
+    """dK, dV of key block pid_n of K/V head pid_bh (= b * Hkv + h_kv), summed over its query group."""
     if HAS_MASK:
         tl.static_assert((MASK_BLOCK_M % BLOCK_M == 0) and (MASK_BLOCK_N % BLOCK_N == 0))
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
     b = pid_bh // num_kv_heads
     h_kv = pid_bh % num_kv_heads
     start_n = pid_n * BLOCK_N
@@ -141,13 +194,18 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
-    lo, full_lo = q_block_bounds(start_n, n_q, n_k, CAUSAL, BLOCK_M, BLOCK_N)
+    lo, full_lo, full_hi, hi = q_ranges(start_n, n_q, n_k, window_left, window_right, CAUSAL, WINDOW, BLOCK_M,
+                                        BLOCK_N)
     # GQA: the whole query group of this K/V head accumulates here, so dK/dV need no atomics or reduction
     for g in range(0, group_size):
         h = h_kv * group_size + g
         q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
         do_base = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
         row_base = (b * num_heads + h).to(tl.int64) * n_q
+        alibi_slope = 0.0
+        if ALIBI:
+            alibi_slope = tl.load(SLOPES + b * stride_slopes_b + h)
+        rel_bias_row = BIAS + h * stride_bias_h
         if HAS_MASK:
             # this key block's column of the block mask: the query blocks that read it
             list_off = ((b % mask_b) * mask_h + h % mask_h) * n_mask_cols + start_n // MASK_BLOCK_N
@@ -155,18 +213,18 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
             dk, dv = _dkdv_sparse(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qm,
                                   stride_dom, cols, n_q, n_k, qk_scale, list_off, FULL_NUM, FULL_IDX, PART_TILE,
                                   TILES, col_in_tile, n_mask_rows, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
-                                  MASK_BLOCK_M, MASK_BLOCK_N, False, DOT_PRECISION)
+                                  MASK_BLOCK_M, MASK_BLOCK_N, False, DOT_PRECISION, softcap_log2, alibi_slope,
+                                  rel_bias_row, SOFTCAP, ALIBI, REL_BIAS)
             dk, dv = _dkdv_sparse(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qm,
                                   stride_dom, cols, n_q, n_k, qk_scale, list_off, PART_NUM, PART_IDX, PART_TILE,
                                   TILES, col_in_tile, n_mask_rows, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
-                                  MASK_BLOCK_M, MASK_BLOCK_N, True, DOT_PRECISION)
+                                  MASK_BLOCK_M, MASK_BLOCK_N, True, DOT_PRECISION, softcap_log2, alibi_slope,
+                                  rel_bias_row, SOFTCAP, ALIBI, REL_BIAS)
         else:
-            dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qm,
-                                 stride_dom, cols, lo, full_lo, n_q, n_k, qk_scale,
-                                 BLOCK_M, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION)
-            dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qm,
-                                 stride_dom, cols, full_lo, n_q, n_q, n_k, qk_scale,
-                                 BLOCK_M, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION)
+            dk, dv = _dkdv_dense(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qm,
+                                 stride_dom, cols, lo, full_lo, full_hi, hi, n_q, n_k, qk_scale, window_left,
+                                 window_right, softcap_log2, alibi_slope, rel_bias_row, BLOCK_M, BLOCK_D, HEAD_DIM,
+                                 CAUSAL, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, REL_BIAS)
 
     dk = dk * softmax_scale
     dk_base = DK + b.to(tl.int64) * stride_dkb + h_kv.to(tl.int64) * stride_dkh + start_n.to(tl.int64) * stride_dkn
@@ -176,10 +234,36 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
 
 
 @triton.jit
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
+                     stride_qb, stride_qm, stride_qh, stride_kb, stride_kn, stride_kh,
+                     stride_vb, stride_vn, stride_vh, stride_dob, stride_dom, stride_doh,
+                     stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
+                     n_q, n_k, num_heads, num_kv_heads, group_size, qk_scale, softmax_scale, seq_bucket,
+                     FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_cols,
+                     n_mask_rows,
+                     CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                     HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr,
+                     SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right,
+                     WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr):
+    _dkdv_program(tl.program_id(0), tl.program_id(1), Q, K, V, DO, LSE, DELTA, DK, DV, stride_qb, stride_qm,
+                  stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_dob, stride_dom,
+                  stride_doh, stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh, n_q, n_k,
+                  num_heads, num_kv_heads, group_size, qk_scale, softmax_scale, seq_bucket, FULL_NUM, FULL_IDX,
+                  PART_NUM, PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_cols, n_mask_rows, CAUSAL, HEAD_DIM,
+                  BLOCK_D, BLOCK_M, BLOCK_N, DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N, SLOPES,
+                  stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, WINDOW, SOFTCAP,
+                  ALIBI, REL_BIAS)
+
+
+@triton.jit
 def _dq_step(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, rows, cols, n_q, n_k, qk_scale, tile_ptrs,
              BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-             TILE_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """One key block's contribution to dQ of a query block."""
+             TILE_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+             window_left=0, window_right=0, softcap_log2=1.0, alibi_slope=0.0, rel_bias_row=None, drel_bias_row=None,
+             WINDOW: tl.constexpr = False, SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False,
+             REL_BIAS: tl.constexpr = False, REL_BIAS_GRAD: tl.constexpr = False):
+    """One key block's contribution to dQ of a query block (and, with REL_BIAS_GRAD, to d rel_bias)."""
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     if MASKED:
@@ -192,21 +276,37 @@ def _dq_step(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, rows, cols, n_q, n_k, qk_s
     else:
         kt = tl.load(kt_ptrs)
         vt = tl.load(vt_ptrs)
-    p = tl.math.exp2(tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale - lse[:, None])
+    qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
+    if (SOFTCAP or ALIBI) or REL_BIAS:
+        qk, dcap = modded_scores(qk, qk_scale, rows[:, None], cols[None, :], n_q, n_k, softcap_log2, alibi_slope,
+                                 rel_bias_row, SOFTCAP, ALIBI, REL_BIAS)
+        qk_scale = 1.0
+    p = tl.math.exp2(qk * qk_scale - lse[:, None])
     if MASKED:
-        keep = visible(rows[:, None], cols[None, :], n_q, n_k, CAUSAL)
+        keep = visible(rows[:, None], cols[None, :], n_q, n_k, CAUSAL, window_left, window_right, WINDOW)
         if TILE_MASK:
             keep = keep & (tl.load(tile_ptrs) != 0)
         p = tl.where(keep, p, 0.0)
     dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
     ds = p * (dp - delta[:, None])
+    if REL_BIAS_GRAD:
+        if MASKED:
+            real = keep
+        else:
+            real = cols[None, :] < n_k  # always true in an unmasked block, but shaped as the tile
+        accumulate_rel_bias_grad(drel_bias_row, ds, rows[:, None], cols[None, :], n_q, n_k, real)
+    if SOFTCAP:
+        ds = ds * dcap  # chain rule through softcap * tanh(s / softcap)
     return tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=DOT_PRECISION)
 
 
 @triton.jit
 def _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, lo, hi, n_q, n_k, qk_scale,
               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
-              MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+              MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+              window_left=0, window_right=0, softcap_log2=1.0, alibi_slope=0.0, rel_bias_row=None, drel_bias_row=None,
+              WINDOW: tl.constexpr = False, SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False,
+              REL_BIAS: tl.constexpr = False, REL_BIAS_GRAD: tl.constexpr = False):
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     kt_tile = offs_n[None, :] * stride_kn + offs_d[:, None]
@@ -215,7 +315,9 @@ def _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows,
         start_n = tl.multiple_of(start_n, BLOCK_N)
         dq = _dq_step(dq, q, do, lse, delta, k_base + start_n.to(tl.int64) * stride_kn + kt_tile,
                       v_base + start_n.to(tl.int64) * stride_vn + vt_tile, rows, start_n + offs_n, n_q, n_k,
-                      qk_scale, None, BLOCK_D, HEAD_DIM, MASKED, CAUSAL, False, DOT_PRECISION)
+                      qk_scale, None, BLOCK_D, HEAD_DIM, MASKED, CAUSAL, False, DOT_PRECISION,
+                      window_left, window_right, softcap_log2, alibi_slope, rel_bias_row, drel_bias_row,
+                      WINDOW, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD)
     return dq
 
 
@@ -224,7 +326,9 @@ def _dq_sparse(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows
                list_off, NUM, IDX, TILE_OF, TILES, row_in_tile, n_mask_cols,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
                MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr, PARTIAL: tl.constexpr,
-               DOT_PRECISION: tl.constexpr):
+               DOT_PRECISION: tl.constexpr, softcap_log2=1.0, alibi_slope=0.0, rel_bias_row=None,
+               drel_bias_row=None, SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False,
+               REL_BIAS: tl.constexpr = False, REL_BIAS_GRAD: tl.constexpr = False):
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -242,12 +346,39 @@ def _dq_sparse(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows
             dq = _dq_step(dq, q, do, lse, delta, k_base + start_n.to(tl.int64) * stride_kn + kt_tile,
                           v_base + start_n.to(tl.int64) * stride_vn + vt_tile, rows, start_n + offs_n, n_q, n_k,
                           qk_scale, tile_base + sub * BLOCK_N + mask_tile, BLOCK_D, HEAD_DIM, PARTIAL, False,
-                          PARTIAL, DOT_PRECISION)
+                          PARTIAL, DOT_PRECISION, 0, 0, softcap_log2, alibi_slope, rel_bias_row, drel_bias_row,
+                          False, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD)
     return dq
 
 
 @triton.jit
-def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
+def _dq_dense(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, start_m, n_q, n_k, qk_scale,
+              window_left, window_right, softcap_log2, alibi_slope, rel_bias_row, drel_bias_row,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+              CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+              ALIBI: tl.constexpr, REL_BIAS: tl.constexpr, REL_BIAS_GRAD: tl.constexpr):
+    """The key blocks the forward visited for this query block (`common.kv_ranges`), same cuts.
+    Shared by the dense and the varlen kernels."""
+    lo, full_lo, full_hi, hi = kv_ranges(start_m, n_q, n_k, window_left, window_right, CAUSAL, WINDOW, BLOCK_M,
+                                         BLOCK_N)
+    if WINDOW:  # without a window lo = full_lo = 0
+        dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, lo, full_lo, n_q, n_k,
+                       qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION,
+                       window_left, window_right, softcap_log2, alibi_slope, rel_bias_row, drel_bias_row,
+                       WINDOW, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD)
+    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, full_lo, full_hi, n_q, n_k,
+                   qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION,
+                   window_left, window_right, softcap_log2, alibi_slope, rel_bias_row, drel_bias_row,
+                   WINDOW, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD)
+    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, full_hi, hi, n_q, n_k,
+                   qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION,
+                   window_left, window_right, softcap_log2, alibi_slope, rel_bias_row, drel_bias_row,
+                   WINDOW, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD)
+    return dq
+
+
+@triton.jit
+def _dq_program(pid_m, pid_bh, Q, K, V, DO, LSE, DELTA, DQ,
                    stride_qb, stride_qm, stride_qh, stride_kb, stride_kn, stride_kh,
                    stride_vb, stride_vn, stride_vh, stride_dob, stride_dom, stride_doh,
                    stride_dqb, stride_dqm, stride_dqh,
@@ -256,15 +387,13 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
                    n_mask_cols,
                    CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                   HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr):
+                   HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr,
+                   SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, DBIAS,
+                   WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,
+                   REL_BIAS_GRAD: tl.constexpr):
+    """dQ of query block pid_m of query head pid_bh (= b * Hq + h)."""
     if HAS_MASK:
         tl.static_assert((MASK_BLOCK_M % BLOCK_M == 0) and (MASK_BLOCK_N % BLOCK_N == 0))
-    num_m_blocks = tl.cdiv(n_q, BLOCK_M)
-    if CAUSAL:
-        pid_m = num_m_blocks - 1 - tl.program_id(0)
-    else:
-        pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
     b = pid_bh // num_heads
     h = pid_bh % num_heads
     h_kv = h // group_size
@@ -284,41 +413,138 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
     k_base = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
     v_base = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    alibi_slope = 0.0
+    if ALIBI:
+        alibi_slope = tl.load(SLOPES + b * stride_slopes_b + h)
+    rel_bias_row = BIAS + h * stride_bias_h
+    drel_bias_row = DBIAS + h * stride_bias_h  # d rel_bias has rel_bias's shape and strides
 
     if HAS_MASK:
         list_off = ((b % mask_b) * mask_h + h % mask_h) * n_mask_rows + start_m // MASK_BLOCK_M
         row_in_tile = start_m % MASK_BLOCK_M
         dq = _dq_sparse(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, n_q, n_k, qk_scale,
                         list_off, FULL_NUM, FULL_IDX, PART_TILE, TILES, row_in_tile, n_mask_cols,
-                        BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, MASK_BLOCK_M, MASK_BLOCK_N, False, DOT_PRECISION)
+                        BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, MASK_BLOCK_M, MASK_BLOCK_N, False, DOT_PRECISION,
+                        softcap_log2, alibi_slope, rel_bias_row, drel_bias_row, SOFTCAP, ALIBI, REL_BIAS,
+                        REL_BIAS_GRAD)
         dq = _dq_sparse(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, n_q, n_k, qk_scale,
                         list_off, PART_NUM, PART_IDX, PART_TILE, TILES, row_in_tile, n_mask_cols,
-                        BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, MASK_BLOCK_M, MASK_BLOCK_N, True, DOT_PRECISION)
+                        BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, MASK_BLOCK_M, MASK_BLOCK_N, True, DOT_PRECISION,
+                        softcap_log2, alibi_slope, rel_bias_row, drel_bias_row, SOFTCAP, ALIBI, REL_BIAS,
+                        REL_BIAS_GRAD)
     else:
-        full_hi, hi = kv_block_bounds(start_m, n_q, n_k, CAUSAL, BLOCK_M, BLOCK_N)
-        dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, 0, full_hi, n_q, n_k,
-                       qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION)
-        dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, full_hi, hi, n_q, n_k,
-                       qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION)
+        dq = _dq_dense(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, start_m, n_q, n_k,
+                       qk_scale, window_left, window_right, softcap_log2, alibi_slope, rel_bias_row, drel_bias_row,
+                       BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, CAUSAL, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, REL_BIAS,
+                       REL_BIAS_GRAD)
     dq = dq * softmax_scale
     tl.store(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh + start_m.to(tl.int64) * stride_dqm
              + offs_m[:, None] * stride_dqm + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
+                   stride_qb, stride_qm, stride_qh, stride_kb, stride_kn, stride_kh,
+                   stride_vb, stride_vn, stride_vh, stride_dob, stride_dom, stride_doh,
+                   stride_dqb, stride_dqm, stride_dqh,
+                   n_q, n_k, num_heads, group_size, qk_scale, softmax_scale, seq_bucket,
+                   FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_rows,
+                   n_mask_cols,
+                   CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                   HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr,
+                   SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, DBIAS,
+                   WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,
+                   REL_BIAS_GRAD: tl.constexpr):
+    pid_m = tl.program_id(0)
+    if CAUSAL:
+        pid_m = tl.cdiv(n_q, BLOCK_M) - 1 - pid_m  # the last query blocks see the most keys: first
+    _dq_program(pid_m, tl.program_id(1), Q, K, V, DO, LSE, DELTA, DQ, stride_qb, stride_qm, stride_qh, stride_kb,
+                stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_dob, stride_dom, stride_doh, stride_dqb,
+                stride_dqm, stride_dqh, n_q, n_k, num_heads, group_size, qk_scale, softmax_scale, seq_bucket,
+                FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_rows, n_mask_cols,
+                CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N,
+                SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, DBIAS, WINDOW,
+                SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD)
+
+
+@triton.jit
+def _bwd_fused_kernel(Q, K, V, DO, LSE, DELTA, DQ, DK, DV,
+                      stride_qb, stride_qm, stride_qh, stride_kb, stride_kn, stride_kh,
+                      stride_vb, stride_vn, stride_vh, stride_dob, stride_dom, stride_doh,
+                      stride_dqb, stride_dqm, stride_dqh,
+                      stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
+                      n_q, n_k, num_heads, num_kv_heads, group_size, qk_scale, softmax_scale, seq_bucket,
+                      KFULL_NUM, KFULL_IDX, KPART_NUM, KPART_IDX, KPART_TILE, KTILES, kmask_b, kmask_h, kn_mask_cols,
+                      kn_mask_rows,
+                      FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_rows,
+                      n_mask_cols,
+                      CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                      BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr, BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr,
+                      DOT_PRECISION: tl.constexpr,
+                      HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr,
+                      SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, DBIAS,
+                      WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,
+                      REL_BIAS_GRAD: tl.constexpr):
+    """The whole backward in one launch: program (j, b * Hkv + h_kv) computes dK, dV of key block j and then
+    dQ of query block j for every query head of the group. One ramp and one tail instead of two, and with
+    causal masking the two halves balance: key block j's dK/dV visit the query blocks after the diagonal,
+    query block j's dQ the key blocks before it, so (with BLOCK_N1 == BLOCK_M2) every program does the same
+    work and no longest-first ordering is needed."""
+    j = tl.program_id(0)
+    pid_kv = tl.program_id(1)
+    if j * BLOCK_N1 < n_k:
+        _dkdv_program(j, pid_kv, Q, K, V, DO, LSE, DELTA, DK, DV, stride_qb, stride_qm, stride_qh, stride_kb,
+                      stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_dob, stride_dom, stride_doh,
+                      stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh, n_q, n_k, num_heads,
+                      num_kv_heads, group_size, qk_scale, softmax_scale, seq_bucket, KFULL_NUM, KFULL_IDX,
+                      KPART_NUM, KPART_IDX, KPART_TILE, KTILES, kmask_b, kmask_h, kn_mask_cols, kn_mask_rows, CAUSAL,
+                      HEAD_DIM, BLOCK_D, BLOCK_M1, BLOCK_N1, DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N,
+                      SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, WINDOW,
+                      SOFTCAP, ALIBI, REL_BIAS)
+    if j * BLOCK_M2 < n_q:
+        b = pid_kv // num_kv_heads
+        h_first = (pid_kv % num_kv_heads) * group_size
+        for g in range(0, group_size):
+            _dq_program(j, b * num_heads + h_first + g, Q, K, V, DO, LSE, DELTA, DQ, stride_qb, stride_qm,
+                        stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_dob,
+                        stride_dom, stride_doh, stride_dqb, stride_dqm, stride_dqh, n_q, n_k, num_heads, group_size,
+                        qk_scale, softmax_scale, seq_bucket, FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_TILE,
+                        TILES, mask_b, mask_h, n_mask_rows, n_mask_cols, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_M2,
+                        BLOCK_N2, DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N, SLOPES, stride_slopes_b,
+                        softcap_log2, BIAS, stride_bias_h, window_left, window_right, DBIAS, WINDOW, SOFTCAP, ALIBI,
+                        REL_BIAS, REL_BIAS_GRAD)
+
+
 _dkdv_autotuned = None if interpreting() else autotuned(_bwd_dkdv_kernel, lambda: configs("dkdv"))
 _dq_autotuned = None if interpreting() else autotuned(_bwd_dq_kernel, lambda: configs("dq"))
+_fused_autotuned = None if interpreting() else autotuned(_bwd_fused_kernel, lambda: configs("fused"))
+
+
+def fused_backward(causal: bool, block_mask) -> bool:
+    """Which backward launch shape: HWATTN_BWD=fused (one launch, _bwd_fused_kernel), split (dK/dV, then dQ)
+    or auto (default). auto takes the one launch only for dense causal attention, where its balance pays;
+    measured on an H200 (2026-12-01, docs/hopper.md): dense causal fused 1.00-1.04x the split speed, dense
+    non-causal 0.88-0.92x (the split kernels' separately tuned tiles win), block masks 0.95-0.97x.
+    Both are deterministic and compute the same sums."""
+    mode = os.environ.get("HWATTN_BWD", "auto")
+    if mode not in ("auto", "fused", "split"):
+        raise ValueError(f"HWATTN_BWD must be 'auto', 'fused' or 'split', got {mode!r}")
+    if mode == "auto":
+        return causal and block_mask is None
+    return mode == "fused"
 
 
 def _launch(kernel, tuned, kind, grid_of, args, meta, head_dim, dtype):
     if tuned is None or not autotune_enabled():
-        cfg = fixed_config(kind, head_dim, dtype, meta)
-        kernel[grid_of(cfg)](*args, **meta, **cfg)
+        launch_fixed(kernel, grid_of, args, meta, fixed_config(kind, head_dim, dtype, meta))
     else:
         tuned[grid_of](*args, **meta)
 
 
-def flash_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, block_mask=None):
-    """Gradients of flash_fwd. lse is flash_fwd's log2-domain LSE. Returns dq, dk, dv (contiguous)."""
+def flash_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, block_mask=None, mods=None):
+    """Gradients of flash_fwd (same block_mask and score mods). lse is flash_fwd's log2-domain LSE.
+    Returns dq, dk, dv (contiguous) and d rel_bias (float32, rel_bias's shape; None unless mods asks for it)."""
     B, n_q, n_heads, head_dim = q.shape
     n_k, n_kv_heads = k.shape[1], k.shape[2]
     block_d = max(16, triton.next_power_of_2(head_dim))
@@ -337,19 +563,29 @@ def flash_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, block_mas
     common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
               v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
 
-    dkdv_args = (q, k, v, do, lse, delta, dk, dv, *common,
-                 dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-                 n_q, n_k, n_heads, n_kv_heads, n_heads // n_kv_heads, qk_scale, softmax_scale, bucket)
     by_key_args, mask_meta = kernel_args(block_mask, q.device, by_key_blocks=True)
     by_query_args, _ = kernel_args(block_mask, q.device)
     meta.update(mask_meta)
-    _launch(_bwd_dkdv_kernel, _dkdv_autotuned, "dkdv",
-            lambda cfg: (triton.cdiv(n_k, cfg["BLOCK_N"]), B * n_kv_heads), dkdv_args + by_key_args, meta,
-            head_dim, q.dtype)
+    # d rel_bias is summed with atomics in the dQ pass (zeroed here; autotuning re-zeroes it per trial)
+    drel_bias = torch.zeros_like(mods.rel_bias) if mods is not None and mods.rel_bias_grad else None
+    sizes = (n_q, n_k, n_heads, n_kv_heads, n_heads // n_kv_heads, qk_scale, softmax_scale, bucket)
+    if fused_backward(causal, block_mask):
+        args = (q, k, v, do, lse, delta, dq, dk, dv, *common, dq.stride(0), dq.stride(1), dq.stride(2),
+                dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), *sizes,
+                *by_key_args, *by_query_args)
+        _launch(_bwd_fused_kernel, _fused_autotuned, "fused",
+                lambda cfg: (max(triton.cdiv(n_k, cfg["BLOCK_N1"]), triton.cdiv(n_q, cfg["BLOCK_M2"])), B * n_kv_heads),
+                args, {**meta, **score_mod_kwargs(mods, q.device, drel_bias, with_grad_args=True)}, head_dim, q.dtype)
+        return dq, dk, dv, drel_bias
 
+    dkdv_args = (q, k, v, do, lse, delta, dk, dv, *common,
+                 dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), *sizes)
+    _launch(_bwd_dkdv_kernel, _dkdv_autotuned, "dkdv",
+            lambda cfg: (triton.cdiv(n_k, cfg["BLOCK_N"]), B * n_kv_heads), dkdv_args + by_key_args,
+            {**meta, **score_mod_kwargs(mods, q.device)}, head_dim, q.dtype)
     dq_args = (q, k, v, do, lse, delta, dq, *common, dq.stride(0), dq.stride(1), dq.stride(2),
                n_q, n_k, n_heads, n_heads // n_kv_heads, qk_scale, softmax_scale, bucket)
     _launch(_bwd_dq_kernel, _dq_autotuned, "dq",
-            lambda cfg: (triton.cdiv(n_q, cfg["BLOCK_M"]), B * n_heads), dq_args + by_query_args, meta,
-            head_dim, q.dtype)
-    return dq, dk, dv
+            lambda cfg: (triton.cdiv(n_q, cfg["BLOCK_M"]), B * n_heads), dq_args + by_query_args,
+            {**meta, **score_mod_kwargs(mods, q.device, drel_bias, with_grad_args=True)}, head_dim, q.dtype)
+    return dq, dk, dv, drel_bias

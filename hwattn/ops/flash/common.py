@@ -1,5 +1,6 @@
 """Building blocks shared by the forward and backward kernels: which key blocks a query block visits,
-and the element mask of the blocks on the causal diagonal or the sequence edge."""
+the element mask of the blocks on the causal diagonal, the window edges or the sequence edge, and the
+score mods (soft-capping, ALiBi, a relative-position bias) applied to a tile of scores."""
 import triton
 import triton.language as tl
 
@@ -41,11 +42,129 @@ def q_block_bounds(start_n, n_q, n_k, CAUSAL: tl.constexpr, BLOCK_M: tl.constexp
     return lo, full_lo
 
 
+# Sliding window (flash_attn's window_size): query i sees key j iff
+#     i + shift - window_left <= j <= i + shift + window_right,   shift = n_k - n_q (bottom-right aligned).
+# An unbounded side arrives as a bound >= n_q + n_k, which no distance reaches. The visited range then has
+# a masked block run at each end around an unmasked middle: [lo, full_lo) masked, [full_lo, full_hi)
+# unmasked, [full_hi, hi) masked; every block outside [lo, hi) is skipped, so cost follows the window.
+# Integer `//` truncates toward zero in Triton, so every numerator is clamped at 0 before dividing.
+
 @triton.jit
-def visible(rows, cols, n_q, n_k, CAUSAL: tl.constexpr):
-    """Element mask of a score tile: key in range and, if causal, not in the future. `rows` and `cols`
-    come shaped for broadcasting ([M, 1] x [1, N], or [1, M] x [N, 1] for a transposed tile)."""
+def kv_window_bounds(start_m, n_q, n_k, window_left, window_right, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key ranges of the query block [start_m, start_m + BLOCK_M) under a window (see above)."""
+    first = start_m + n_k - n_q  # the diagonal key of the block's first row
+    last = first + BLOCK_M - 1   # ... and of its last row
+    hi = tl.minimum(tl.maximum(last + window_right + 1, 0), n_k)
+    lo = tl.minimum((tl.maximum(first - window_left, 0) // BLOCK_N) * BLOCK_N, hi)
+    # whole for every row: at or past the last row's left edge, up to the first row's right edge, inside n_k
+    full_lo = tl.cdiv(tl.maximum(last - window_left, 0), BLOCK_N) * BLOCK_N
+    full_hi = tl.minimum((tl.maximum(first + window_right + 1, 0) // BLOCK_N) * BLOCK_N, (n_k // BLOCK_N) * BLOCK_N)
+    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    full_hi = tl.minimum(tl.maximum(full_hi, full_lo), hi)
+    return lo, full_lo, full_hi, hi
+
+
+@triton.jit
+def q_window_bounds(start_n, n_q, n_k, window_left, window_right, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Query ranges that read the key block [start_n, start_n + BLOCK_N) under a window, the transpose of
+    kv_window_bounds. Rows past n_q in the last block are harmless (their LSE is +inf, so P = 0)."""
+    first = start_n - (n_k - n_q)  # the query row whose diagonal is the block's first key
+    last = first + BLOCK_N - 1     # ... its last key
+    hi = tl.minimum(tl.maximum(last + window_left + 1, 0), n_q)
+    lo = tl.minimum((tl.maximum(first - window_right, 0) // BLOCK_M) * BLOCK_M, hi)
+    # whole key block visible to every row: right edge covers the last key, left edge the first
+    full_lo = tl.cdiv(tl.maximum(last - window_right, 0), BLOCK_M) * BLOCK_M
+    full_hi = (tl.maximum(first + window_left + 1, 0) // BLOCK_M) * BLOCK_M
+    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    full_hi = tl.minimum(tl.maximum(full_hi, full_lo), hi)
+    return lo, full_lo, full_hi, hi
+
+
+@triton.jit
+def kv_ranges(start_m, n_q, n_k, window_left, window_right, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(lo, full_lo, full_hi, hi) for the query block at start_m: keys [lo, full_lo) and [full_hi, hi) need
+    the element mask, [full_lo, full_hi) do not, the rest is skipped. Without a window lo = full_lo = 0."""
+    if WINDOW:
+        lo, full_lo, full_hi, hi = kv_window_bounds(start_m, n_q, n_k, window_left, window_right, BLOCK_M, BLOCK_N)
+    else:
+        lo = 0
+        full_lo = 0
+        full_hi, hi = kv_block_bounds(start_m, n_q, n_k, CAUSAL, BLOCK_M, BLOCK_N)
+    return lo, full_lo, full_hi, hi
+
+
+@triton.jit
+def q_ranges(start_n, n_q, n_k, window_left, window_right, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(lo, full_lo, full_hi, hi) for the key block at start_n: query rows [lo, full_lo) and [full_hi, hi)
+    need the element mask, [full_lo, full_hi) do not. Without a window full_hi = hi = n_q."""
+    if WINDOW:
+        lo, full_lo, full_hi, hi = q_window_bounds(start_n, n_q, n_k, window_left, window_right, BLOCK_M, BLOCK_N)
+    else:
+        lo, full_lo = q_block_bounds(start_n, n_q, n_k, CAUSAL, BLOCK_M, BLOCK_N)
+        full_hi = n_q
+        hi = n_q
+    return lo, full_lo, full_hi, hi
+
+
+@triton.jit
+def visible(rows, cols, n_q, n_k, CAUSAL: tl.constexpr, window_left=0, window_right=0, WINDOW: tl.constexpr = False):
+    """Element mask of a score tile: key in range and, if causal, not in the future; with WINDOW, inside
+    the window. `rows` and `cols` come shaped for broadcasting ([M, 1] x [1, N], or [1, M] x [N, 1] for a
+    transposed tile)."""
     keep = cols < n_k
     if CAUSAL:
         keep = keep & (cols <= rows + (n_k - n_q))
+    if WINDOW:
+        diagonal = rows + (n_k - n_q)
+        keep = keep & (cols >= diagonal - window_left) & (cols <= diagonal + window_right)
     return keep
+
+
+@triton.jit
+def _tanh(x):
+    """tanh(x) and its derivative 1 - tanh(x)^2 from one exp2 of a non-positive number (never overflows).
+    The derivative is 4e / (1 + e)^2, not 1 - t^2, which would cancel where |t| is near 1. (libdevice's
+    tanh would do, but Triton's interpreter cannot run libdevice.)"""
+    e = tl.math.exp2(-2.8853900817779268 * tl.abs(x))  # exp(-2|x|); 2.885... = 2 log2(e)
+    one_plus_e = 1.0 + e
+    t = (1.0 - e) / one_plus_e
+    return tl.where(x < 0, -t, t), 4.0 * e / (one_plus_e * one_plus_e)
+
+
+@triton.jit
+def modded_scores(qk, qk_scale, rows, cols, n_q, n_k, softcap_log2, alibi_slope, rel_bias_row,
+                  SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr):
+    """The score mods, the one place the kernels apply them (forward, dK/dV and dQ passes alike, so the
+    backward recomputes exactly the scores whose LSE the forward saved). From raw products qk = q . k:
+
+        s = softcap * tanh(qk * softmax_scale / softcap)  -  slope * |i + n_k - n_q - j|  +  rel_bias[j - i + n_q - 1]
+
+    returned in the log2 domain (s * log2(e)), as the online softmax wants it: qk_scale = softmax_scale *
+    log2(e) and softcap_log2 = softcap * log2(e) (capping the log2-domain score at softcap * log2(e) is
+    capping the natural one, then scaling). `rows`/`cols` are shaped for broadcasting (either tile
+    orientation); alibi_slope is this head's slope; rel_bias_row points at this head's row of the table.
+    Also returns d softcap(x) / dx = 1 - tanh^2 (1.0 without softcap), which the backward multiplies into dS."""
+    dcap = 1.0
+    if SOFTCAP:
+        t, dcap = _tanh(qk * (qk_scale / softcap_log2))  # one scalar division per tile, not per score
+        s = softcap_log2 * t
+    else:
+        s = qk * qk_scale
+    if ALIBI:
+        s = s - (alibi_slope * 1.4426950408889634) * tl.abs(rows + (n_k - n_q) - cols).to(tl.float32)  # log2(e)
+    if REL_BIAS:
+        # clamped: rows past n_q and keys past n_k (both discarded later) must still read inside the table
+        offset = tl.minimum(tl.maximum(cols - rows + (n_q - 1), 0), n_q + n_k - 2)
+        s = s + tl.load(rel_bias_row + offset) * 1.4426950408889634  # log2(e)
+    return s, dcap
+
+
+@triton.jit
+def accumulate_rel_bias_grad(drel_bias_row, ds, rows, cols, n_q, n_k, keep):
+    """d rel_bias[h, j - i + n_q - 1] += dS[i, j] (dS w.r.t. the natural-domain score: the bias is added
+    after the cap, so no tanh factor). fp32 atomics: the summation order, hence the last bits, vary run to
+    run. `keep` restricts to real (row, key) pairs; masked pairs have dS = 0 and would only cost atomics."""
+    offset = tl.minimum(tl.maximum(cols - rows + (n_q - 1), 0), n_q + n_k - 2)
+    tl.atomic_add(drel_bias_row + offset, ds, mask=keep & (rows < n_q), sem="relaxed")

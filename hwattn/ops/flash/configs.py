@@ -11,16 +11,27 @@ from ..._runtime import interpreting
 # (head_dim, causal, dtype) and one more timing per shape bucket.
 _FWD = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4), (128, 128, 8, 4),
         (128, 128, 8, 2), (64, 64, 4, 3), (64, 128, 4, 3), (64, 32, 4, 2)]
+# FP8 forward: the entries of _FWD it tunes over (wide key blocks, 8 warps, deep pipelines, as FA3); a
+# head_dim none of them fits (256) falls back to the generic pruning.
+_FWD_FP8 = {(128, 128, 8, 3), (128, 128, 8, 4), (128, 64, 8, 3)}
 # dK/dV: a program owns BLOCK_N keys and streams BLOCK_M-row query blocks; dQ: the transpose.
 _BWD_DKDV = [(32, 128, 4, 3), (32, 128, 4, 5), (64, 128, 8, 3), (64, 128, 8, 4), (64, 128, 8, 2), (32, 64, 4, 3),
              (64, 64, 4, 3), (16, 128, 4, 3), (16, 64, 4, 2)]
 _BWD_DQ = [(128, 32, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (64, 32, 4, 3), (64, 64, 4, 3),
            (128, 16, 4, 3), (64, 16, 4, 2)]
 
-_TABLES = {"fwd": _FWD, "dkdv": _BWD_DKDV, "dq": _BWD_DQ}
+# The one-launch backward: (BLOCK_M1, BLOCK_N1) of its dK/dV half, (BLOCK_M2, BLOCK_N2) of its dQ half, warps,
+# stages. BLOCK_N1 == BLOCK_M2 throughout: program j's two halves then cover key block j and query block j,
+# whose causal work adds up to the same for every j.
+_BWD_FUSED = [(64, 128, 128, 64, 8, 3), (64, 128, 128, 64, 8, 2), (32, 128, 128, 32, 4, 3), (32, 128, 128, 32, 8, 3),
+              (64, 128, 128, 32, 8, 3), (64, 64, 64, 64, 4, 3), (32, 64, 64, 32, 4, 3), (32, 64, 64, 32, 4, 2),
+              (16, 64, 64, 16, 4, 2)]
+
+_TABLES = {"fwd": _FWD, "dkdv": _BWD_DKDV, "dq": _BWD_DQ, "fused": _BWD_FUSED}
 
 # Interpreter: unequal block sizes so the CPU tests exercise the diagonal/edge bookkeeping.
-_INTERPRETER = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16)}
+_INTERPRETER = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16), "fused": (16, 32, 32, 16)}
+_TILE_NAMES = {2: ("BLOCK_M", "BLOCK_N"), 4: ("BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2")}
 
 
 def _fits(block_m, block_n, num_stages, head_dim) -> bool:
@@ -34,8 +45,20 @@ def _fits(block_m, block_n, num_stages, head_dim) -> bool:
 
 
 def configs(kind: str):
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-            for bm, bn, w, s in _TABLES[kind]]
+    return [triton.Config(dict(zip(_TILE_NAMES[len(c) - 2], c[:-2])), num_warps=c[-2], num_stages=c[-1])
+            for c in _TABLES[kind]]
+
+
+def _tiles(kwargs) -> list[tuple[int, int]]:
+    """The (BLOCK_M, BLOCK_N) tiles of a config: one, or the fused backward's two."""
+    if "BLOCK_M1" in kwargs:
+        return [(kwargs["BLOCK_M1"], kwargs["BLOCK_N1"]), (kwargs["BLOCK_M2"], kwargs["BLOCK_N2"])]
+    return [(kwargs["BLOCK_M"], kwargs["BLOCK_N"])]
+
+
+def _shrunk(kwargs, mask_m, mask_n) -> dict:
+    """kwargs with every tile cut down to a block mask's blocks (M sizes to its rows, N sizes to its columns)."""
+    return {k: min(v, mask_m if "_M" in k else mask_n) for k, v in kwargs.items()}
 
 
 def fwd_configs():
@@ -45,30 +68,46 @@ def fwd_configs():
 def _prune(configs_list, named_args, **kwargs):
     head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
     mask_m, mask_n = kwargs.get("MASK_BLOCK_M", 256), kwargs.get("MASK_BLOCK_N", 256)
-    kept = [c for c in configs_list if _fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, head_dim)
-            and c.kwargs["BLOCK_M"] <= mask_m and c.kwargs["BLOCK_N"] <= mask_n]
+    q = named_args.get("Q")
+    if q is not None and q.element_size() == 1 and "BLOCK_M" in configs_list[0].kwargs:
+        fp8 = [c for c in configs_list
+               if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in _FWD_FP8
+               and _fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, head_dim)]
+        if fp8:
+            return fp8
+    kept = [c for c in configs_list if all(_fits(bm, bn, c.num_stages, head_dim) and bm <= mask_m and bn <= mask_n
+                                           for bm, bn in _tiles(c.kwargs))]
     if kept:
         return kept
     # a block mask finer than every config: shrink the smallest config's tiles to the mask blocks
     c = configs_list[-1]
-    return [triton.Config({"BLOCK_M": min(c.kwargs["BLOCK_M"], mask_m), "BLOCK_N": min(c.kwargs["BLOCK_N"], mask_n)},
-                          num_warps=c.num_warps, num_stages=c.num_stages)]
+    return [triton.Config(_shrunk(c.kwargs, mask_m, mask_n), num_warps=c.num_warps, num_stages=c.num_stages)]
+
+
+# Autotune keys: the score mods and the window change the work per score, so each gets its own tuning.
+_KEYS = ("seq_bucket", "HEAD_DIM", "CAUSAL", "DOT_PRECISION", "HAS_MASK", "MASK_BLOCK_M", "MASK_BLOCK_N",
+         "WINDOW", "SOFTCAP", "ALIBI", "REL_BIAS", "REL_BIAS_GRAD")
 
 
 def autotuned(kernel, make_configs):
-    """Wrap `kernel` in triton.autotune, caching the chosen configs on disk where this Triton can."""
+    """Wrap `kernel` in triton.autotune, caching the chosen configs on disk where this Triton can. Keys are
+    the entries of _KEYS that are `kernel`'s arguments (Triton refuses others); an output accumulated with
+    atomics (DBIAS, d rel_bias) is zeroed before every timed trial and before the real run."""
     extra = {}
     if "cache_results" in inspect.signature(triton.autotune).parameters:
         extra["cache_results"] = True
-    return triton.autotune(configs=make_configs(), key=["seq_bucket", "HEAD_DIM", "CAUSAL", "DOT_PRECISION", "HAS_MASK",
-                                                       "MASK_BLOCK_M", "MASK_BLOCK_N"],
+    reset = [name for name in ("DBIAS",) if name in kernel.arg_names]
+    if reset:
+        extra["reset_to_zero"] = reset
+    return triton.autotune(configs=make_configs(), key=[k for k in _KEYS if k in kernel.arg_names],
                            prune_configs_by={"early_config_prune": _prune}, **extra)(kernel)
 
 
 # GPU defaults when autotuning is off (HWATTN_AUTOTUNE=0): (BLOCK_M, BLOCK_N, num_warps, num_stages)
 _DEFAULT = {"fwd": {64: (128, 64, 4, 3), 128: (128, 128, 8, 3), 256: (64, 32, 4, 2)},
             "dkdv": {64: (64, 128, 8, 3), 128: (64, 128, 8, 3), 256: (16, 64, 4, 2)},
-            "dq": {64: (128, 64, 8, 3), 128: (128, 64, 8, 3), 256: (64, 16, 4, 2)}}
+            "dq": {64: (128, 64, 8, 3), 128: (128, 64, 8, 3), 256: (64, 16, 4, 2)},
+            "fused": {64: (64, 128, 128, 64, 8, 3), 128: (64, 128, 128, 64, 8, 3), 256: (16, 64, 64, 16, 4, 2)}}
 
 
 def autotune_enabled() -> bool:
@@ -83,10 +122,35 @@ def fixed_config(kind: str, head_dim: int, dtype, mask_meta=None) -> dict:
     mask_m = (mask_meta or {}).get("MASK_BLOCK_M", 256)
     mask_n = (mask_meta or {}).get("MASK_BLOCK_N", 256)
     if interpreting():
-        block_m, block_n = _INTERPRETER[kind]
-        return {"BLOCK_M": min(block_m, mask_m), "BLOCK_N": min(block_n, mask_n)}
+        tiles = _INTERPRETER[kind]
+        return _shrunk(dict(zip(_TILE_NAMES[len(tiles)], tiles)), mask_m, mask_n)
     block_d = max(16, triton.next_power_of_2(head_dim))
     bucket = 64 if block_d <= 64 else (128 if block_d <= 128 else 256)
-    block_m, block_n, warps, stages = _DEFAULT[kind][bucket]
-    return {"BLOCK_M": min(block_m, mask_m), "BLOCK_N": min(block_n, mask_n), "num_warps": warps,
+    *tiles, warps, stages = _DEFAULT[kind][bucket]
+    return {**_shrunk(dict(zip(_TILE_NAMES[len(tiles)], tiles)), mask_m, mask_n), "num_warps": warps,
             "num_stages": stages}
+
+
+def launch_fixed(kernel, grid_of, args, meta, cfg: dict) -> None:
+    """Launch with a fixed config; when the compiled kernel needs more shared memory than the GPU has (the
+    score mods' extra tiles can push the tuned defaults over, e.g. 128x128 with 3 stages at D = 128), retry
+    with one pipeline stage less, then with half the key block, as the autotuner would skip such a config.
+    The interpreter never raises this (it compiles nothing)."""
+    from triton.runtime.errors import OutOfResources
+    cfg = dict(cfg)
+    while True:
+        try:
+            kernel[grid_of(cfg)](*args, **meta, **cfg)
+            return
+        except OutOfResources:
+            if cfg.get("num_stages", 1) > 1:
+                cfg["num_stages"] -= 1
+                continue
+            n_keys = [k for k in ("BLOCK_N", "BLOCK_N1", "BLOCK_N2") if cfg.get(k, 0) > 16]
+            if not n_keys:
+                raise
+            for k in n_keys:
+                cfg[k] //= 2
+            if "BLOCK_M2" in cfg and "BLOCK_N1" in n_keys:
+                cfg["BLOCK_M2"] = max(16, cfg["BLOCK_M2"] // 2)  # keep BLOCK_N1 == BLOCK_M2 (the pairing)
+            cfg["num_stages"] = 2

@@ -85,10 +85,10 @@ def _decode_split_kernel(Q, K, V, SEQLENS, O_PART, LSE_PART, O, LSE,
     chunk = tl.cdiv(tl.cdiv(n_k, num_splits), BLOCK_N) * BLOCK_N
     lo_s = split * chunk
     hi_s = tl.minimum(lo_s + chunk, hi)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, qi, lo_s,
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, 1, qi, lo_s,
                                tl.minimum(hi_s, full_hi), n_q, n_k, qk_scale,
                                BLOCK_N, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, qi,
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, 1, qi,
                                tl.maximum(lo_s, full_hi), hi_s, n_q, n_k, qk_scale,
                                BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION)
 

@@ -8,17 +8,23 @@ import triton
 import triton.language as tl
 
 from ..._runtime import interpreting
-from .common import LOG2E, kv_block_bounds, visible
+from .common import LOG2E, kv_ranges, modded_scores, visible
 from .block_mask import kernel_args
-from .configs import autotune_enabled, autotuned, fixed_config, fwd_configs
+from .configs import autotune_enabled, autotuned, fixed_config, fwd_configs, launch_fixed
+from .score_mods import score_mod_kwargs
 
 
 @triton.jit
 def _fwd_step(acc, l_i, m_i, q, k_ptrs, v_ptrs, rows, cols, n_q, n_k, qk_scale, tile_ptrs,
               BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-              TILE_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """One key block through the online softmax. MASKED blocks (causal diagonal, sequence edge, partial
-    blocks of a block mask) pay for bounds checks and the element mask; the bulk of blocks does not."""
+              TILE_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+              window_left=0, window_right=0, softcap_log2=1.0, alibi_slope=0.0, rel_bias_row=None,
+              WINDOW: tl.constexpr = False, SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False,
+              REL_BIAS: tl.constexpr = False):
+    """One key block through the online softmax. MASKED blocks (causal diagonal, window edges, sequence
+    edge, partial blocks of a block mask) pay for bounds checks and the element mask; the bulk of blocks
+    does not. The trailing arguments (a window, score mods; off by default) are `common.visible`'s and
+    `common.modded_scores`'."""
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     if MASKED:
@@ -28,8 +34,13 @@ def _fwd_step(acc, l_i, m_i, q, k_ptrs, v_ptrs, rows, cols, n_q, n_k, qk_scale, 
     else:
         kt = tl.load(k_ptrs)
     qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
+    if (SOFTCAP or ALIBI) or REL_BIAS:
+        # modded scores come in the log2 domain, scale included; without mods the scale stays fused below
+        qk, _ = modded_scores(qk, qk_scale, rows[:, None], cols[None, :], n_q, n_k, softcap_log2, alibi_slope,
+                              rel_bias_row, SOFTCAP, ALIBI, REL_BIAS)
+        qk_scale = 1.0
     if MASKED:
-        keep = visible(rows[:, None], cols[None, :], n_q, n_k, CAUSAL)
+        keep = visible(rows[:, None], cols[None, :], n_q, n_k, CAUSAL, window_left, window_right, WINDOW)
         if TILE_MASK:
             keep = keep & (tl.load(tile_ptrs) != 0)
         qk = tl.where(keep, qk, float("-inf"))
@@ -55,20 +66,26 @@ def _fwd_step(acc, l_i, m_i, q, k_ptrs, v_ptrs, rows, cols, n_q, n_k, qk_scale, 
 
 
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, lo, hi, n_q, n_k, qk_scale,
+def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, stride_vd, rows, lo, hi, n_q, n_k, qk_scale,
                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
-               MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Stream the contiguous key range [lo, hi) (dense attention, causal or not)."""
+               MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+               window_left=0, window_right=0, softcap_log2=1.0, alibi_slope=0.0, rel_bias_row=None,
+               WINDOW: tl.constexpr = False, SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False,
+               REL_BIAS: tl.constexpr = False):
+    """Stream the contiguous key range [lo, hi) (dense attention, causal, windowed or not)."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     kt_tile = offs_n[None, :] * stride_kn + offs_d[:, None]  # K^T tile: int32, small
-    v_tile = offs_n[:, None] * stride_vn + offs_d[None, :]
+    # stride_vd is 1 except for FP8 V, stored seqlen-major: Hopper's fp8 MMA wants P @ V's B operand K-major
+    v_tile = offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         # scalar int64 offsets: at N ~ 1M rows * stride overflows int32
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base + start_n.to(tl.int64) * stride_kn + kt_tile,
                                   v_base + start_n.to(tl.int64) * stride_vn + v_tile, rows, start_n + offs_n,
-                                  n_q, n_k, qk_scale, None, BLOCK_D, HEAD_DIM, MASKED, CAUSAL, False, DOT_PRECISION)
+                                  n_q, n_k, qk_scale, None, BLOCK_D, HEAD_DIM, MASKED, CAUSAL, False, DOT_PRECISION,
+                                  window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
+                                  WINDOW, SOFTCAP, ALIBI, REL_BIAS)
     return acc, l_i, m_i
 
 
@@ -77,7 +94,8 @@ def _fwd_sparse(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, n_
                 list_off, NUM, IDX, TILE_OF, TILES, row_in_tile, n_mask_cols,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
                 MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr, PARTIAL: tl.constexpr,
-                DOT_PRECISION: tl.constexpr):
+                DOT_PRECISION: tl.constexpr, softcap_log2=1.0, alibi_slope=0.0, rel_bias_row=None,
+                SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False, REL_BIAS: tl.constexpr = False):
     """Stream the key blocks a block mask lists for this query block: full ones unmasked, partial ones
     with their stored element tile. Blocks not listed are never read."""
     offs_m = tl.arange(0, BLOCK_M)
@@ -97,21 +115,54 @@ def _fwd_sparse(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, n_
             acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base + start_n.to(tl.int64) * stride_kn + kt_tile,
                                       v_base + start_n.to(tl.int64) * stride_vn + v_tile, rows, start_n + offs_n,
                                       n_q, n_k, qk_scale, tile_base + sub * BLOCK_N + mask_tile,
-                                      BLOCK_D, HEAD_DIM, PARTIAL, False, PARTIAL, DOT_PRECISION)
+                                      BLOCK_D, HEAD_DIM, PARTIAL, False, PARTIAL, DOT_PRECISION,
+                                      0, 0, softcap_log2, alibi_slope, rel_bias_row,
+                                      False, SOFTCAP, ALIBI, REL_BIAS)
     return acc, l_i, m_i
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, O, LSE,
+def _fwd_dense(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, stride_vd, rows, start_m, n_q, n_k, qk_scale,
+               window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+               CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+               ALIBI: tl.constexpr, REL_BIAS: tl.constexpr):
+    """Every key block the query block [start_m, start_m + BLOCK_M) of dense attention sees: unmasked
+    where all its rows see the whole block, masked at the causal diagonal, the window edges and the end of
+    the keys; blocks outside the causal range or the window are skipped. Shared by the dense and the
+    varlen kernels."""
+    lo, full_lo, full_hi, hi = kv_ranges(start_m, n_q, n_k, window_left, window_right, CAUSAL, WINDOW, BLOCK_M,
+                                         BLOCK_N)
+    if WINDOW:  # without a window lo = full_lo = 0
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, stride_vd, rows, lo,
+                                   full_lo, n_q, n_k, qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL,
+                                   DOT_PRECISION, window_left, window_right, softcap_log2, alibi_slope,
+                                   rel_bias_row, WINDOW, SOFTCAP, ALIBI, REL_BIAS)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, stride_vd, rows, full_lo,
+                               full_hi, n_q, n_k, qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION,
+                               window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
+                               WINDOW, SOFTCAP, ALIBI, REL_BIAS)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, stride_vd, rows, full_hi, hi,
+                               n_q, n_k, qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION,
+                               window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
+                               WINDOW, SOFTCAP, ALIBI, REL_BIAS)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, O, LSE, DESCALE_Q, DESCALE_K, DESCALE_V,
                 stride_qb, stride_qm, stride_qh,
                 stride_kb, stride_kn, stride_kh,
-                stride_vb, stride_vn, stride_vh,
+                stride_vb, stride_vn, stride_vh, stride_vd,
                 stride_ob, stride_om, stride_oh,
                 n_q, n_k, num_heads, group_size, qk_scale, seq_bucket,
                 FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_rows, n_mask_cols,
                 CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr):
+                HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr,
+                HAS_DESCALE: tl.constexpr,
+                SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right,
+                WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr):
     tl.static_assert(BLOCK_D >= HEAD_DIM)
     if HAS_MASK:
         # tiles walk the block mask in whole sub-blocks
@@ -126,6 +177,9 @@ def _fwd_kernel(Q, K, V, O, LSE,
     b = pid_bh // num_heads
     h = pid_bh % num_heads
     h_kv = h // group_size  # GQA: the group's queries read the same K/V head, never repeated in memory
+    if HAS_DESCALE:
+        # FP8: S = (q8 k8^T) * descale_q * descale_k, so the per-head descales fold into the score scale once
+        qk_scale = qk_scale * tl.load(DESCALE_Q + pid_bh) * tl.load(DESCALE_K + b * (num_heads // group_size) + h_kv)
     start_m = pid_m * BLOCK_M
 
     q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + start_m.to(tl.int64) * stride_qm
@@ -145,6 +199,11 @@ def _fwd_kernel(Q, K, V, O, LSE,
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    # this (batch, head)'s score mods; nothing is loaded for a mod that is off
+    alibi_slope = 0.0
+    if ALIBI:
+        alibi_slope = tl.load(SLOPES + b * stride_slopes_b + h)
+    rel_bias_row = BIAS + h * stride_bias_h
 
     if HAS_MASK:
         # this query block's row of the block mask (B and H broadcast when the mask has size 1 there)
@@ -153,22 +212,25 @@ def _fwd_kernel(Q, K, V, O, LSE,
         acc, l_i, m_i = _fwd_sparse(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, n_q, n_k,
                                     qk_scale, list_off, FULL_NUM, FULL_IDX, PART_TILE, TILES, row_in_tile,
                                     n_mask_cols, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, MASK_BLOCK_M, MASK_BLOCK_N,
-                                    False, DOT_PRECISION)
+                                    False, DOT_PRECISION, softcap_log2, alibi_slope, rel_bias_row,
+                                    SOFTCAP, ALIBI, REL_BIAS)
         acc, l_i, m_i = _fwd_sparse(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, n_q, n_k,
                                     qk_scale, list_off, PART_NUM, PART_IDX, PART_TILE, TILES, row_in_tile,
                                     n_mask_cols, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, MASK_BLOCK_M, MASK_BLOCK_N,
-                                    True, DOT_PRECISION)
+                                    True, DOT_PRECISION, softcap_log2, alibi_slope, rel_bias_row,
+                                    SOFTCAP, ALIBI, REL_BIAS)
     else:
-        full_hi, hi = kv_block_bounds(start_m, n_q, n_k, CAUSAL, BLOCK_M, BLOCK_N)
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, 0, full_hi,
-                                   n_q, n_k, qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION)
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, full_hi, hi,
-                                   n_q, n_k, qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION)
+        acc, l_i, m_i = _fwd_dense(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, stride_vd, rows, start_m,
+                                   n_q, n_k, qk_scale, window_left, window_right, softcap_log2, alibi_slope,
+                                   rel_bias_row, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, CAUSAL, DOT_PRECISION,
+                                   WINDOW, SOFTCAP, ALIBI, REL_BIAS)
 
     # deferred normalisation: divide once at the end; a row that saw no key gives 0, not 0/0
     has_keys = l_i > 0.0
     l_safe = tl.where(has_keys, l_i, 1.0)
     out = acc / l_safe[:, None]
+    if HAS_DESCALE:
+        out = out * tl.load(DESCALE_V + b * (num_heads // group_size) + h_kv)  # O = P (v8 * descale_v)
     # log2-domain LSE for the backward; +inf for empty rows makes their recomputed P exactly 0
     lse = tl.where(has_keys, m_i + tl.math.log2(l_safe), float("inf"))
     tl.store(LSE + pid_bh.to(tl.int64) * n_q + rows, lse, mask=row_ok)
@@ -190,30 +252,38 @@ def seq_bucket(n: int) -> int:
     return min(1 << max(n - 1, 1).bit_length(), 16384)
 
 
-def flash_fwd(q, k, v, causal: bool, softmax_scale: float, block_mask=None):
+def flash_fwd(q, k, v, causal: bool, softmax_scale: float, block_mask=None, descale=None, out_dtype=None,
+              mods=None):
     """q (B, Nq, Hq, D), k/v (B, Nk, Hkv, D), last dim contiguous. Returns O like q and the log2-domain
-    LSE (B, Hq, Nq) float32 (+inf for rows that see no key). block_mask: a BlockMask (then causal=False)."""
+    LSE (B, Hq, Nq) float32 (+inf for rows that see no key). block_mask: a BlockMask (then causal=False).
+    FP8 (e4m3) inputs: descale = (descale_q (B, Hq), descale_k (B, Hkv), descale_v (B, Hkv)), contiguous
+    float32; v may be seqlen-major (v.stride(1) == 1, any stride along D). out_dtype: default q's dtype.
+    mods: a score_mods.ScoreMods (window, ALiBi, softcap, relative bias), validated; None = none."""
     B, n_q, n_heads, head_dim = q.shape
     n_k, n_kv_heads = k.shape[1], k.shape[2]
-    o = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    if v.stride(-1) != 1 and block_mask is not None:
+        raise ValueError("flash_fwd: a block mask needs v's last dim contiguous")
+    o = torch.empty(q.shape, device=q.device, dtype=q.dtype if out_dtype is None else out_dtype)
     lse = torch.empty((B, n_heads, n_q), device=q.device, dtype=torch.float32)
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    args = (q, k, v, o, lse,
+    # 8-bit MMAs reduce over at least 32 elements
+    block_d = max(32 if q.element_size() == 1 else 16, triton.next_power_of_2(head_dim))
+    descale_q, descale_k, descale_v = (None, None, None) if descale is None else descale
+    args = (q, k, v, o, lse, descale_q, descale_k, descale_v,
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), v.stride(3),
             o.stride(0), o.stride(1), o.stride(2),
             n_q, n_k, n_heads, n_heads // n_kv_heads, softmax_scale * LOG2E, seq_bucket(max(n_q, n_k)))
     mask_args, mask_meta = kernel_args(block_mask, q.device)
     args = args + mask_args
-    meta = dict(CAUSAL=causal, HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype), **mask_meta)
+    meta = dict(CAUSAL=causal, HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype), **mask_meta,
+                HAS_DESCALE=descale is not None, **score_mod_kwargs(mods, q.device))
 
     def grid(cfg):
         return (triton.cdiv(n_q, cfg["BLOCK_M"]), B * n_heads)
 
     if _fwd_autotuned is None or not autotune_enabled():
-        cfg = fixed_config("fwd", head_dim, q.dtype, mask_meta)
-        _fwd_kernel[grid(cfg)](*args, **meta, **cfg)
+        launch_fixed(_fwd_kernel, grid, args, meta, fixed_config("fwd", head_dim, q.dtype, mask_meta))
     else:
         _fwd_autotuned[grid](*args, **meta)
     return o, lse

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
@@ -11,6 +12,7 @@ from .backward import flash_bwd
 from .block_mask import BlockMask
 from .common import LN2
 from .forward import flash_fwd
+from .score_mods import ScoreMods, check_score_mods, resolve_window
 
 __all__ = ["flash_attention", "sdpa"]
 
@@ -20,14 +22,24 @@ MAX_HEAD_DIM = 256
 
 # The kernels are registered as custom ops so torch.compile treats them as opaque calls (no graph breaks,
 # no tracing into Triton launches); the autograd.Function below wires them together.
+# Score mods cross the op boundary as plain arguments: optional tables, the softcap (0.0 = off) and the
+# resolved window ([] = none, else [left, right]).
+def _mods(alibi_slopes, softcap, rel_bias, window, rel_bias_grad=False):
+    return ScoreMods(alibi_slopes=alibi_slopes, softcap=softcap, rel_bias=rel_bias,
+                     window=tuple(window) if window else None, rel_bias_grad=rel_bias_grad)
+
+
 @torch.library.custom_op("hwattn::flash_fwd", mutates_args=())
 def _flash_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, softmax_scale: float,
-                  mask_tensors: list[torch.Tensor], mask_ints: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    return flash_fwd(q, k, v, causal, softmax_scale, BlockMask.from_op_args(mask_tensors, mask_ints))
+                  mask_tensors: list[torch.Tensor], mask_ints: list[int], alibi_slopes: Optional[torch.Tensor],
+                  softcap: float, rel_bias: Optional[torch.Tensor], window: list[int]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    return flash_fwd(q, k, v, causal, softmax_scale, BlockMask.from_op_args(mask_tensors, mask_ints),
+                     mods=_mods(alibi_slopes, softcap, rel_bias, window))
 
 
 @_flash_fwd_op.register_fake
-def _(q, k, v, causal, softmax_scale, mask_tensors, mask_ints):
+def _(q, k, v, causal, softmax_scale, mask_tensors, mask_ints, alibi_slopes, softcap, rel_bias, window):
     B, n_q, n_heads, _ = q.shape
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((B, n_heads, n_q), dtype=torch.float32)
 
@@ -35,35 +47,51 @@ def _(q, k, v, causal, softmax_scale, mask_tensors, mask_ints):
 @torch.library.custom_op("hwattn::flash_bwd", mutates_args=())
 def _flash_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
                   lse: torch.Tensor, causal: bool, softmax_scale: float, mask_tensors: list[torch.Tensor],
-                  mask_ints: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return flash_bwd(do, q, k, v, o, lse, causal, softmax_scale, BlockMask.from_op_args(mask_tensors, mask_ints))
+                  mask_ints: list[int], alibi_slopes: Optional[torch.Tensor], softcap: float,
+                  rel_bias: Optional[torch.Tensor], window: list[int], rel_bias_grad: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    dq, dk, dv, drel_bias = flash_bwd(do, q, k, v, o, lse, causal, softmax_scale,
+                                      BlockMask.from_op_args(mask_tensors, mask_ints),
+                                      mods=_mods(alibi_slopes, softcap, rel_bias, window, rel_bias_grad))
+    # an op returns tensors only: "no d rel_bias" is an empty one
+    return dq, dk, dv, q.new_empty(0, dtype=torch.float32) if drel_bias is None else drel_bias
 
 
 @_flash_bwd_op.register_fake
-def _(do, q, k, v, o, lse, causal, softmax_scale, mask_tensors, mask_ints):
+def _(do, q, k, v, o, lse, causal, softmax_scale, mask_tensors, mask_ints, alibi_slopes, softcap, rel_bias, window,
+      rel_bias_grad):
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             torch.empty_like(k, memory_format=torch.contiguous_format),
-            torch.empty_like(v, memory_format=torch.contiguous_format))
+            torch.empty_like(v, memory_format=torch.contiguous_format),
+            torch.empty_like(rel_bias) if rel_bias_grad else q.new_empty(0, dtype=torch.float32))
 
 
 class FlashAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, causal, softmax_scale, mask_tensors, mask_ints):
-        o, lse = _flash_fwd_op(q, k, v, causal, softmax_scale, mask_tensors, mask_ints)
-        ctx.save_for_backward(q, k, v, o, lse, *mask_tensors)
+    def forward(ctx, q, k, v, causal, softmax_scale, mask_tensors, mask_ints, alibi_slopes=None, softcap=0.0,
+                rel_bias=None, window=()):
+        window = list(window)
+        o, lse = _flash_fwd_op(q, k, v, causal, softmax_scale, mask_tensors, mask_ints, alibi_slopes, softcap,
+                               rel_bias, window)
+        ctx.save_for_backward(q, k, v, o, lse, alibi_slopes, rel_bias, *mask_tensors)
         ctx.mask_ints = mask_ints
         ctx.causal = causal
         ctx.softmax_scale = softmax_scale
+        ctx.softcap = softcap
+        ctx.window = window
         ctx.mark_non_differentiable(lse)
         return o, lse
 
     @staticmethod
     def backward(ctx, do, _dlse):
-        q, k, v, o, lse, *mask_tensors = ctx.saved_tensors
+        q, k, v, o, lse, alibi_slopes, rel_bias, *mask_tensors = ctx.saved_tensors
         if do.stride(-1) != 1:
             do = do.contiguous()
-        dq, dk, dv = _flash_bwd_op(do, q, k, v, o, lse, ctx.causal, ctx.softmax_scale, mask_tensors, ctx.mask_ints)
-        return dq, dk, dv, None, None, None, None
+        rel_bias_grad = rel_bias is not None and ctx.needs_input_grad[9]
+        dq, dk, dv, drel_bias = _flash_bwd_op(do, q, k, v, o, lse, ctx.causal, ctx.softmax_scale, mask_tensors,
+                                              ctx.mask_ints, alibi_slopes, ctx.softcap, rel_bias, ctx.window,
+                                              rel_bias_grad)
+        return dq, dk, dv, None, None, None, None, None, None, drel_bias if rel_bias_grad else None, None
 
 
 def _validate(q, k, v, layout: str):
@@ -99,7 +127,9 @@ def _last_dim_contiguous(x):
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
                     softmax_scale: float | None = None, return_lse: bool = False,
-                    block_mask: BlockMask | None = None):
+                    block_mask: BlockMask | None = None, window: tuple[int, int] | None = None,
+                    alibi_slopes: torch.Tensor | None = None, softcap: float | None = None,
+                    rel_bias: torch.Tensor | None = None):
     """Exact attention, IO-aware (FlashAttention-2 algorithm), forward and backward in Triton.
 
     Args:
@@ -115,7 +145,24 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
         block_mask: a `BlockMask` from `create_block_mask(mask_mod, ...)` (see `hwattn.masks` for causal,
             sliding window, document, prefix-LM and Sparse Transformer patterns). Key blocks the mask
             leaves empty are never read, forward and backward, so cost follows the kept fraction. Built for
-            (B or 1, Hq or 1, Nq, Nk) on q's device; excludes `causal=True` (put causality in the mask).
+            (B or 1, Hq or 1, Nq, Nk) on q's device; excludes `causal=True` and `window` (put them in the
+            mask); combines with the score mods below.
+        window: (left, right) sliding window, flash_attn's `window_size`: query i sees key j iff
+            i + Nk - Nq - left <= j <= i + Nk - Nq + right; -1 = unbounded on that side; default None =
+            (-1, -1), no window. With causal=True the right side is 0 (right must be 0 or -1). Key blocks
+            outside the window are skipped, forward and backward: cost follows the window.
+
+    Score mods, applied inside the kernel to the scaled score s = q.k * softmax_scale of query i and key j,
+    in this order, forward and backward (flash_attn's conventions; all off by default, no cost when off):
+        softcap: float > 0: s = softcap * tanh(s / softcap) (Gemma-2 style; bounds the logits, so large
+            ones stay finite). None or 0 = off. The gradient flows through tanh.
+        alibi_slopes: (Hq,) or (B, Hq) float32 on q's device: adds -slope[b, h] * |i + Nk - Nq - j|. Fixed
+            slopes: refused if they require grad (no gradient flows to them).
+        rel_bias: (Hq, Nq + Nk - 1) or (1, Nq + Nk - 1) float32 on q's device, a relative-position bias
+            table: adds rel_bias[h, j - i + Nq - 1] (entry Nq - 1 is the diagonal j = i; (1, ...) is shared
+            by all heads). Differentiable: d rel_bias (float32) is summed in the dQ pass with fp32 atomics,
+            so its last bits vary run to run (dq, dk, dv stay deterministic). No N x N tensor is formed.
+    The LSE (and return_lse) is that of the modded scores.
 
     Any Nq, Nk >= 1 and head_dim 1..256 (non-powers of two are padded inside the kernel); any strides
     (a tensor whose last dim is not contiguous is copied once). q, k, v must share dtype and device.
@@ -135,6 +182,14 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
     elif softmax_scale <= 0:
         raise ValueError(f"softmax_scale must be > 0, got {softmax_scale}")
+    B, n_q, n_heads = q.shape[:3]
+    n_k = k.shape[1]
+    mods = check_score_mods(alibi_slopes, softcap, rel_bias, batch=B, n_heads=n_heads, n_q=n_q, n_k=n_k,
+                            device=q.device)
+    if window is not None and block_mask is not None:
+        raise ValueError("window with a block_mask: put the window into the mask_mod instead "
+                         "(hwattn.masks.sliding_window, combined with and_masks)")
+    causal, kernel_window = resolve_window(window, causal, n_q + n_k)
     mask_tensors, mask_ints = [], []
     if block_mask is not None:
         if not isinstance(block_mask, BlockMask):
@@ -148,7 +203,9 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
                              f"device=q.device")
         mask_tensors, mask_ints = block_mask.to_op_args()
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
-    out, lse2 = FlashAttentionFunction.apply(q, k, v, causal, softmax_scale, mask_tensors, mask_ints)
+    out, lse2 = FlashAttentionFunction.apply(q, k, v, causal, softmax_scale, mask_tensors, mask_ints,
+                                             mods.alibi_slopes, mods.softcap, mods.rel_bias,
+                                             kernel_window or ())
     if not return_lse:
         return out
     # the kernels keep LSE in the log2 domain with +inf for empty rows (so recomputed P is 0); users get ln

@@ -5,15 +5,16 @@ sequence b owns rows [cu_seqlens_q[b], cu_seqlens_q[b + 1]) of q and [cu_seqlens
 of k/v. No padding is stored or computed.
 
 The kernels here only do the per-sequence bookkeeping (where a sequence starts, how long it is; programs
-past a sequence's end exit at once) and then call the same `_fwd_inner`, `_dkdv_inner`, `_dq_inner`,
-`kv_block_bounds`, `q_block_bounds` as the dense kernel: with the same block sizes a sequence gives
-bit-for-bit the numbers of a dense call on that sequence alone.
+past a sequence's end exit at once) and then call the same `_fwd_dense`, `_dkdv_dense`, `_dq_dense` (the key
+/ query block ranges under causality or a window, and the inner loops) as the dense kernel: with the same
+block sizes a sequence gives bit-for-bit the numbers of a dense call on that sequence alone.
 """
 from __future__ import annotations
 
 import inspect
 import math
 import weakref
+from typing import Optional
 
 import torch
 import triton
@@ -21,11 +22,12 @@ import triton.language as tl
 
 from ..._checks import check_bool, check_same, check_scale, check_tensor
 from ..._runtime import check_kernel_device, interpreting
-from .backward import _bwd_preprocess, _dkdv_inner, _dq_inner
-from .common import LN2, LOG2E, kv_block_bounds, q_block_bounds
-from .configs import _prune, autotune_enabled, configs, fixed_config
-from .forward import _fwd_inner, dot_precision, seq_bucket
+from .backward import _bwd_preprocess, _dkdv_dense, _dq_dense
+from .common import LN2, LOG2E, q_ranges
+from .configs import _prune, autotune_enabled, configs, fixed_config, launch_fixed
+from .forward import _fwd_dense, dot_precision, seq_bucket
 from .interface import MAX_HEAD_DIM, SUPPORTED_DTYPES
+from .score_mods import ScoreMods, check_score_mods, resolve_window, score_mod_kwargs
 
 __all__ = ["flash_attention_varlen"]
 
@@ -75,9 +77,12 @@ def _varlen_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
                        stride_qm, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_om, stride_oh,
                        total_q, num_heads, group_size, qk_scale, max_seqlen_q, seq_bucket,
                        CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                       SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right,
+                       WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr):
     """The dense forward kernel with the batch index replaced by a sequence: grid (query blocks of the
-    longest sequence, sequences * heads); programs past their sequence's end return at once."""
+    longest sequence, sequences * heads); programs past their sequence's end return at once. The score mod
+    arguments are the dense kernel's (REL_BIAS is never on here: one table cannot fit every length)."""
     if CAUSAL:
         # longest-running blocks first, as in the dense kernel
         pid_m = tl.cdiv(max_seqlen_q, BLOCK_M) - 1 - tl.program_id(0)
@@ -111,11 +116,12 @@ def _varlen_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    full_hi, hi = kv_block_bounds(start_m, n_q, n_k, CAUSAL, BLOCK_M, BLOCK_N)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, 0, full_hi,
-                               n_q, n_k, qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, full_hi, hi,
-                               n_q, n_k, qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION)
+    alibi_slope = 0.0
+    if ALIBI:
+        alibi_slope = tl.load(SLOPES + b * stride_slopes_b + h)
+    acc, l_i, m_i = _fwd_dense(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, 1, rows, start_m, n_q, n_k,
+                               qk_scale, window_left, window_right, softcap_log2, alibi_slope, BIAS, BLOCK_M, BLOCK_N,
+                               BLOCK_D, HEAD_DIM, CAUSAL, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, REL_BIAS)
 
     has_keys = l_i > 0.0
     l_safe = tl.where(has_keys, l_i, 1.0)
@@ -133,7 +139,9 @@ def _varlen_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K,
                         stride_dkn, stride_dkh, stride_dvn, stride_dvh,
                         total_q, num_kv_heads, group_size, qk_scale, softmax_scale, seq_bucket,
                         CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                        SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right,
+                        WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // num_kv_heads
@@ -158,18 +166,20 @@ def _varlen_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K,
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
-    lo, full_lo = q_block_bounds(start_n, n_q, n_k, CAUSAL, BLOCK_M, BLOCK_N)
+    lo, full_lo, full_hi, hi = q_ranges(start_n, n_q, n_k, window_left, window_right, CAUSAL, WINDOW, BLOCK_M,
+                                        BLOCK_N)
     for g in range(0, group_size):
         h = h_kv * group_size + g
         q_base = Q + q_start.to(tl.int64) * stride_qm + h.to(tl.int64) * stride_qh
         do_base = DO + q_start.to(tl.int64) * stride_dom + h.to(tl.int64) * stride_doh
         row_base = h.to(tl.int64) * total_q + q_start
-        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qm,
-                             stride_dom, cols, lo, full_lo, n_q, n_k, qk_scale,
-                             BLOCK_M, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION)
-        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qm,
-                             stride_dom, cols, full_lo, n_q, n_q, n_k, qk_scale,
-                             BLOCK_M, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION)
+        alibi_slope = 0.0
+        if ALIBI:
+            alibi_slope = tl.load(SLOPES + b * stride_slopes_b + h)
+        dk, dv = _dkdv_dense(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qm,
+                             stride_dom, cols, lo, full_lo, full_hi, hi, n_q, n_k, qk_scale, window_left,
+                             window_right, softcap_log2, alibi_slope, BIAS, BLOCK_M, BLOCK_D, HEAD_DIM, CAUSAL,
+                             DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, REL_BIAS)
 
     dk = dk * softmax_scale
     dk_base = DK + first_key * stride_dkn + h_kv.to(tl.int64) * stride_dkh
@@ -184,7 +194,10 @@ def _varlen_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
                       stride_dqm, stride_dqh,
                       total_q, num_heads, group_size, qk_scale, softmax_scale, max_seqlen_q, seq_bucket,
                       CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                      SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, DBIAS,
+                      WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,
+                      REL_BIAS_GRAD: tl.constexpr):
     if CAUSAL:
         pid_m = tl.cdiv(max_seqlen_q, BLOCK_M) - 1 - tl.program_id(0)
     else:
@@ -218,11 +231,12 @@ def _varlen_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
     v_base = V + k_start.to(tl.int64) * stride_vn + h_kv.to(tl.int64) * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    full_hi, hi = kv_block_bounds(start_m, n_q, n_k, CAUSAL, BLOCK_M, BLOCK_N)
-    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, 0, full_hi, n_q, n_k,
-                   qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION)
-    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, full_hi, hi, n_q, n_k,
-                   qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION)
+    alibi_slope = 0.0
+    if ALIBI:
+        alibi_slope = tl.load(SLOPES + b * stride_slopes_b + h)
+    dq = _dq_dense(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, start_m, n_q, n_k, qk_scale,
+                   window_left, window_right, softcap_log2, alibi_slope, BIAS, DBIAS, BLOCK_M, BLOCK_N, BLOCK_D,
+                   HEAD_DIM, CAUSAL, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD)
     dq = dq * softmax_scale
     tl.store(DQ + first_row * stride_dqm + h.to(tl.int64) * stride_dqh + offs_m[:, None] * stride_dqm
              + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=mask)
@@ -234,7 +248,8 @@ def _autotuned(kernel, kind):
     extra = {}
     if "cache_results" in inspect.signature(triton.autotune).parameters:
         extra["cache_results"] = True
-    return triton.autotune(configs=configs(kind), key=["seq_bucket", "HEAD_DIM", "CAUSAL", "DOT_PRECISION"],
+    return triton.autotune(configs=configs(kind), key=["seq_bucket", "HEAD_DIM", "CAUSAL", "DOT_PRECISION", "WINDOW",
+                                                       "SOFTCAP", "ALIBI"],
                            prune_configs_by={"early_config_prune": _prune}, **extra)(kernel)
 
 
@@ -245,16 +260,16 @@ _dq_autotuned = None if interpreting() else _autotuned(_varlen_dq_kernel, "dq")
 
 def _launch(kernel, tuned, kind, grid_of, args, meta, head_dim, dtype):
     if tuned is None or not autotune_enabled():
-        cfg = fixed_config(kind, head_dim, dtype)
-        kernel[grid_of(cfg)](*args, **meta, **cfg)
+        launch_fixed(kernel, grid_of, args, meta, fixed_config(kind, head_dim, dtype))
     else:
         tuned[grid_of](*args, **meta)
 
 
 def varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int, causal: bool,
-               softmax_scale: float):
-    """q (total_q, Hq, D), k/v (total_k, Hkv, D), last dim contiguous, inputs already validated.
-    Returns O like q (contiguous) and the log2-domain LSE (Hq, total_q) float32, +inf on rows that see no key."""
+               softmax_scale: float, mods: ScoreMods | None = None):
+    """q (total_q, Hq, D), k/v (total_k, Hkv, D), last dim contiguous, inputs already validated; mods: the
+    window, ALiBi and softcap (no rel_bias). Returns O like q (contiguous) and the log2-domain LSE
+    (Hq, total_q) float32, +inf on rows that see no key."""
     total_q, n_heads, head_dim = q.shape
     n_kv_heads = k.shape[1]
     batch = cu_seqlens_q.numel() - 1
@@ -267,14 +282,14 @@ def varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqle
             total_q, n_heads, n_heads // n_kv_heads, softmax_scale * LOG2E, max_seqlen_q,
             seq_bucket(max(max_seqlen_q, max_seqlen_k)))
     meta = dict(CAUSAL=causal, HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-                DOT_PRECISION=dot_precision(q.dtype))
+                DOT_PRECISION=dot_precision(q.dtype), **score_mod_kwargs(mods, q.device))
     _launch(_varlen_fwd_kernel, _fwd_autotuned, "fwd",
             lambda cfg: (triton.cdiv(max_seqlen_q, cfg["BLOCK_M"]), batch * n_heads), args, meta, head_dim, q.dtype)
     return o, lse
 
 
 def varlen_bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int,
-               causal: bool, softmax_scale: float):
+               causal: bool, softmax_scale: float, mods: ScoreMods | None = None):
     """Gradients of varlen_fwd (lse is its log2-domain LSE). Returns dq, dk, dv (contiguous)."""
     total_q, n_heads, head_dim = q.shape
     n_kv_heads = k.shape[1]
@@ -293,7 +308,8 @@ def varlen_bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
             total_q, n_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block)
     qk_scale = softmax_scale * LOG2E
     bucket = seq_bucket(max(max_seqlen_q, max_seqlen_k))
-    meta = dict(CAUSAL=causal, HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype))
+    meta = dict(CAUSAL=causal, HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype),
+                **score_mod_kwargs(mods, q.device))
     common = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
               do.stride(0), do.stride(1))
     if k.shape[0] > 0 and max_seqlen_k > 0:
@@ -308,20 +324,28 @@ def varlen_bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
                    total_q, n_heads, n_heads // n_kv_heads, qk_scale, softmax_scale, max_seqlen_q, bucket)
         _launch(_varlen_dq_kernel, _dq_autotuned, "dq",
                 lambda cfg: (triton.cdiv(max_seqlen_q, cfg["BLOCK_M"]), batch * n_heads),
-                dq_args, meta, head_dim, q.dtype)
+                dq_args, {**meta, **score_mod_kwargs(mods, q.device, with_grad_args=True)}, head_dim, q.dtype)
     return dq, dk, dv
 
 
-# Custom ops, as for the dense kernel: torch.compile sees opaque calls, not Triton launches.
+def _mods(alibi_slopes, softcap, window):
+    return ScoreMods(alibi_slopes=alibi_slopes, softcap=softcap, window=tuple(window) if window else None)
+
+
+# Custom ops, as for the dense kernel: torch.compile sees opaque calls, not Triton launches. The score mods
+# cross as plain arguments: optional slopes, the softcap (0.0 = off), the resolved window ([] = none).
 @torch.library.custom_op("hwattn::flash_varlen_fwd", mutates_args=())
 def _varlen_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                    cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool,
-                   softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale)
+                   softmax_scale: float, alibi_slopes: Optional[torch.Tensor], softcap: float, window: list[int]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    return varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale,
+                      _mods(alibi_slopes, softcap, window))
 
 
 @_varlen_fwd_op.register_fake
-def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale):
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale, alibi_slopes, softcap,
+      window):
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32))
 
@@ -329,14 +353,15 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, s
 @torch.library.custom_op("hwattn::flash_varlen_bwd", mutates_args=())
 def _varlen_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
                    lse: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, max_seqlen_q: int,
-                   max_seqlen_k: int, causal: bool, softmax_scale: float
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   max_seqlen_k: int, causal: bool, softmax_scale: float, alibi_slopes: Optional[torch.Tensor],
+                   softcap: float, window: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return varlen_bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-                      softmax_scale)
+                      softmax_scale, _mods(alibi_slopes, softcap, window))
 
 
 @_varlen_bwd_op.register_fake
-def _(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale):
+def _(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale,
+      alibi_slopes, softcap, window):
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             torch.empty_like(k, memory_format=torch.contiguous_format),
             torch.empty_like(v, memory_format=torch.contiguous_format))
@@ -344,21 +369,26 @@ def _(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
 
 class FlashAttentionVarlenFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale):
+    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale,
+                alibi_slopes=None, softcap=0.0, window=()):
+        window = list(window)
         o, lse = _varlen_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-                                softmax_scale)
-        ctx.save_for_backward(q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k)
+                                softmax_scale, alibi_slopes, softcap, window)
+        ctx.save_for_backward(q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, alibi_slopes)
         ctx.args = (max_seqlen_q, max_seqlen_k, causal, softmax_scale)
+        ctx.mods = (softcap, window)
         ctx.mark_non_differentiable(lse)
         return o, lse
 
     @staticmethod
     def backward(ctx, do, _dlse):
-        q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
+        q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, alibi_slopes = ctx.saved_tensors
         if do.stride(-1) != 1:
             do = do.contiguous()
-        dq, dk, dv = _varlen_bwd_op(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, *ctx.args)
-        return dq, dk, dv, None, None, None, None, None, None
+        softcap, window = ctx.mods
+        dq, dk, dv = _varlen_bwd_op(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, *ctx.args, alibi_slopes,
+                                    softcap, window)
+        return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
 _LAYOUT = "(total_tokens, heads, head_dim)"
@@ -408,7 +438,9 @@ def _check_cu_seqlens(q, k, cu_seqlens_q, cu_seqlens_k) -> tuple[int, int]:
 
 def flash_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                            cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool = False,
-                           softmax_scale: float | None = None, return_lse: bool = False):
+                           softmax_scale: float | None = None, return_lse: bool = False,
+                           window: tuple[int, int] | None = None, alibi_slopes: torch.Tensor | None = None,
+                           softcap: float | None = None):
     """Exact attention over a packed batch of variable-length sequences (flash_attn_varlen_func's layout),
     forward and backward in Triton, on the same inner loops as `flash_attention`.
 
@@ -429,13 +461,22 @@ def flash_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
         softmax_scale: scale of QK^T before the softmax, > 0; default 1/sqrt(D).
         return_lse: also return the log-sum-exp of the scaled scores, natural log, (Hq, total_q) float32
             (flash_attn's varlen layout; -inf on rows that see no key). Not differentiable.
+        window: (left, right) sliding window within each sequence, flash_attn's `window_size`: query i of
+            sequence b sees key j iff i + n_k(b) - n_q(b) - left <= j <= i + n_k(b) - n_q(b) + right; -1 =
+            unbounded on that side; default None = (-1, -1). With causal=True the right side is 0 (right
+            must be 0 or -1). Key blocks outside the window are skipped, forward and backward.
+        alibi_slopes: (Hq,) or (batch, Hq) float32 on q's device: adds -slope[b, h] * |i + n_k(b) - n_q(b) - j|
+            to the scaled score, as `flash_attention` (fixed slopes; refused if they require grad).
+        softcap: float > 0: scaled scores s become softcap * tanh(s / softcap), as `flash_attention`;
+            None or 0 = off. (The relative-position table of `flash_attention` is not offered here: its
+            length depends on the sequence lengths.)
 
     Sequences of length 0 (in q, k or both) are allowed: they produce no rows, or rows of zeros. Head dims
     1..256. Any strides on the first two dims (a last dim that is not contiguous is copied once). q, k, v
     and the cu_seqlens share one device. The cu_seqlens are validated on the host: one small
     device-to-host copy (a synchronisation) the first time a cu_seqlens tensor is seen; later calls with
     the same, unmodified tensors (e.g. every layer of a model) reuse that check. On CPU the kernels run in Triton's interpreter when
-    TRITON_INTERPRET=1. No dropout, no sliding window yet.
+    TRITON_INTERPRET=1. No dropout.
 
     Returns:
         out (total_q, Hq, D) in q's dtype, and lse when return_lse=True.
@@ -460,6 +501,9 @@ def flash_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
     longest_q, longest_k = _check_cu_seqlens(q, k, cu_seqlens_q, cu_seqlens_k)
     max_seqlen_q = _check_max_seqlen("max_seqlen_q", max_seqlen_q, longest_q)
     max_seqlen_k = _check_max_seqlen("max_seqlen_k", max_seqlen_k, longest_k)
+    mods = check_score_mods(alibi_slopes, softcap, None, batch=cu_seqlens_q.numel() - 1, n_heads=n_heads, n_q=None,
+                            n_k=None, device=q.device, batch_name="batch")
+    causal, kernel_window = resolve_window(window, causal, max_seqlen_q + max_seqlen_k)
     check_kernel_device("flash_attention_varlen", q, k, v)
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(head_dim)
@@ -467,7 +511,8 @@ def flash_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
         raise ValueError(f"softmax_scale must be > 0, got {softmax_scale}")
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     out, lse2 = FlashAttentionVarlenFunction.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                                   causal, softmax_scale)
+                                                   causal, softmax_scale, mods.alibi_slopes, mods.softcap,
+                                                   kernel_window or ())
     if not return_lse:
         return out
     lse = torch.where(torch.isinf(lse2), torch.full_like(lse2, float("-inf")), lse2 * LN2)

@@ -79,6 +79,16 @@ def _mm(a, b, acc, F32: tl.constexpr, PREC: tl.constexpr):
         return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
 
 
+@triton.jit
+def _mm_operand(x, F32: tl.constexpr):
+    """x in the dtype `_mm` multiplies it in. For a tile used in several products: cast once, and keep the
+    narrow copy live (a loop-invariant fp32 tile costs twice the registers of its bf16 copy)."""
+    if F32:
+        return x.to(tl.float32)
+    else:
+        return x.to(tl.bfloat16)
+
+
 # ----------------------------------------------------------------------------------------------- forward
 
 
@@ -597,30 +607,28 @@ def chunk_fwd(q, k, v, causal: bool, normalize: bool, feature: int, h0, z0, outp
                "zt": zt if (output_final_state and normalize) else None}
 
 
-def chunk_bwd(do, q, k, v, o, saved: dict, causal: bool, normalize: bool, feature: int, dht, dzt,
-              need_dh0: bool, chunk_size: int = CHUNK_SIZE):
-    """Backward of `chunk_fwd`. do like o; dht (B*H, K, V) / dzt (B*H, K) fp32 gradients of the final state or
-    None. Returns dq, dk, dv and the initial state's gradients dh0, dz0 (fp32, or None)."""
+def bwd_dd(o, do, den, K: int, chunk_size: int):
+    """dd = -(dO . O) / den (B*H, N) fp32: the gradient of the denominator."""
+    B, Tq, H, V = o.shape
+    dd = torch.empty(B * H, Tq, device=o.device, dtype=torch.float32)
+    _, BV, warps, stages = _blocks("dd_bwd", K, V, chunk_size)
+    _bwd_dd_kernel[(triton.cdiv(Tq, chunk_size), B * H)](o, do, den, dd, *_strides(o), *_strides(do), Tq,
+                                                         H=H, V=V, BT=chunk_size, BV=BV, num_warps=warps,
+                                                         num_stages=stages)
+    return dd
+
+
+def bwd_states(q, do, den, dd, causal: bool, normalize: bool, feature: int, dht, dzt, need_dh0: bool,
+               chunk_size: int):
+    """The reverse state pass: (dh, dz) per chunk (causal) or the total (not), and the initial state's gradient
+    (dh0, dz0) fp32 when asked (non-causal: the total itself). den/dd: dummies when not normalised."""
     B, Tq, H, K = q.shape
-    Tk, V = k.shape[1], v.shape[3]
+    V = do.shape[3]
     BT = chunk_size
     F32, PREC = _precision(q.dtype)
     dev = q.device
     dummy32 = torch.empty(1, device=dev, dtype=torch.float32)
-    den = saved["den"]
-    dq = torch.empty(B, Tq, H, K, device=dev, dtype=q.dtype)
-    dk = torch.empty(B, Tk, H, K, device=dev, dtype=k.dtype)
-    dv = torch.empty(B, Tk, H, V, device=dev, dtype=v.dtype)
-    NCq, NCk = triton.cdiv(Tq, BT), triton.cdiv(Tk, BT)
-
-    if normalize:
-        dd = torch.empty(B * H, Tq, device=dev, dtype=torch.float32)
-        _, BV, warps, stages = _blocks("dd_bwd", K, V, BT)
-        _bwd_dd_kernel[(NCq, B * H)](o, do, den, dd, *_strides(o), *_strides(do), Tq,
-                                     H=H, V=V, BT=BT, BV=BV, num_warps=warps, num_stages=stages)
-    else:
-        dd = den = dummy32
-
+    NCq = triton.cdiv(Tq, BT)
     if causal:
         dh = torch.empty(B * H, NCq, K, V, device=dev, dtype=state_dtype(q.dtype))
         dz = torch.empty(B * H, NCq, K, device=dev, dtype=torch.float32) if normalize else dummy32
@@ -640,6 +648,44 @@ def chunk_bwd(do, q, k, v, o, saved: dict, causal: bool, normalize: bool, featur
         num_warps=warps, num_stages=stages)
     if not causal:
         dh, dz = dh0, dz0
+    return dh, dz, dh0, dz0
+
+
+def bwd_dv(q, k, do, den, dh, v_dtype, causal: bool, normalize: bool, feature: int, chunk_size: int):
+    """dv = tril(Q K^T)^T dN + K dS_c (non-causal: K dS), (B, Nk, H, V) in v_dtype."""
+    B, Tk, H, K = k.shape
+    V = do.shape[3]
+    BT = chunk_size
+    F32, PREC = _precision(q.dtype)
+    dv = torch.empty(B, Tk, H, V, device=q.device, dtype=v_dtype)
+    NCk = triton.cdiv(Tk, BT)
+    BK, BV, warps, stages = _blocks("dv_bwd", K, V, BT)
+    _dv_bwd_kernel[(NCk * triton.cdiv(V, BV), B * H)](
+        q, k, do, den, dh, dv, *_strides(q), *_strides(k), *_strides(do), *_strides(dv), Tk, NCk,
+        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, FEATURE=feature, NORMALIZE=normalize, CAUSAL=causal,
+        F32=F32, PREC=PREC, num_warps=warps, num_stages=stages)
+    return dv
+
+
+def chunk_bwd(do, q, k, v, o, saved: dict, causal: bool, normalize: bool, feature: int, dht, dzt,
+              need_dh0: bool, chunk_size: int = CHUNK_SIZE):
+    """Backward of `chunk_fwd`. do like o; dht (B*H, K, V) / dzt (B*H, K) fp32 gradients of the final state or
+    None. Returns dq, dk, dv and the initial state's gradients dh0, dz0 (fp32, or None)."""
+    B, Tq, H, K = q.shape
+    Tk, V = k.shape[1], v.shape[3]
+    BT = chunk_size
+    F32, PREC = _precision(q.dtype)
+    dev = q.device
+    dummy32 = torch.empty(1, device=dev, dtype=torch.float32)
+    den = saved["den"]
+    dq = torch.empty(B, Tq, H, K, device=dev, dtype=q.dtype)
+    dk = torch.empty(B, Tk, H, K, device=dev, dtype=k.dtype)
+    NCq, NCk = triton.cdiv(Tq, BT), triton.cdiv(Tk, BT)
+    if normalize:
+        dd = bwd_dd(o, do, den, K, BT)
+    else:
+        dd = den = dummy32
+    dh, dz, dh0, dz0 = bwd_states(q, do, den, dd, causal, normalize, feature, dht, dzt, need_dh0, BT)
 
     h, z = saved["h"], saved["z"]
     BK, BV, warps, stages = _blocks("dqk_bwd", K, V, BT)
@@ -654,11 +700,7 @@ def chunk_bwd(do, q, k, v, o, saved: dict, causal: bool, normalize: bool, featur
         _dqk_bwd_kernel[(NCq * NK, B * H)](*args, Tq, NCq, DO_DQ=True, DO_DK=False, **common)
         _dqk_bwd_kernel[(NCk * NK, B * H)](*args, Tk, NCk, DO_DQ=False, DO_DK=True, **common)
 
-    BK, BV, warps, stages = _blocks("dv_bwd", K, V, BT)
-    _dv_bwd_kernel[(NCk * triton.cdiv(V, BV), B * H)](
-        q, k, do, den, dh, dv, *_strides(q), *_strides(k), *_strides(do), *_strides(dv), Tk, NCk,
-        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, FEATURE=feature, NORMALIZE=normalize, CAUSAL=causal,
-        F32=F32, PREC=PREC, num_warps=warps, num_stages=stages)
+    dv = bwd_dv(q, k, do, den, dh, v.dtype, causal, normalize, feature, BT)
     if not need_dh0:
         dh0 = dz0 = None
     elif not normalize:

@@ -17,6 +17,9 @@ DEFAULT_KERNEL_EPS = 1e-3   # ReLU kernel only: keeps every feature > 0 (as in p
 DEFAULT_EPS = 1e-12         # the core's denominator eps; softmax features are positive, this only stops 0/0
 _KINDS = {"softmax": kernels.KIND_SOFTMAX, "relu": kernels.KIND_RELU}
 _LAYOUT = "(batch, seqlen, heads, head_dim)"
+# performer_attention's fused path (features computed inside the attention kernels). False: features first with
+# favor_features, then linear_attention (the path larger heads take; scripts/gpu_lowrank.py times both).
+FUSED = True
 
 
 def _check_positive_int(name: str, value) -> int:
@@ -53,7 +56,8 @@ def _feature_dtype(dtype: torch.dtype) -> torch.dtype:
 class _FavorFeatures(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, kind, mode, offset, kernel_eps):
-        f = kernels.favor_fwd(x, w, kind, mode, _feature_dtype(x.dtype), offset, kernel_eps)
+        w_hi, w_lo = kernels.split_projection(w, x.dtype)
+        f = kernels.favor_fwd(x, w_hi, w_lo, kind, mode, _feature_dtype(x.dtype), offset, kernel_eps)
         ctx.save_for_backward(x, w, f)
         ctx.kind = kind
         return f
@@ -65,6 +69,30 @@ class _FavorFeatures(torch.autograd.Function):
         if df.stride(-1) != 1:
             df = df.contiguous()
         return kernels.favor_bwd(x, w, f, df, ctx.kind), None, None, None, None, None
+
+
+class _PerformerFunction(torch.autograd.Function):
+    """Performer attention with the feature map fused into the linear-attention kernels (kernels.fused_fwd)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, w_hi, w_lo, kind, causal, eps, kernel_eps, chunk_size, save_for_backward):
+        o, saved = kernels.fused_fwd(q, k, v, w_hi, w_lo, kind, causal, eps, kernel_eps, chunk_size,
+                                     save_for_backward)
+        if save_for_backward:
+            ctx.save_for_backward(q, k, v, o, w_hi, saved["fq"], saved["fk"], saved["den"], saved["h"], saved["z"])
+        ctx.cfg = (kind, causal, kernel_eps, chunk_size)
+        return o
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, do):
+        q, k, v, o, w_hi, fq, fk, den, h, z = ctx.saved_tensors
+        kind, causal, kernel_eps, chunk_size = ctx.cfg
+        if do.stride(-1) != 1:
+            do = do.contiguous()
+        saved = {"fq": fq, "fk": fk, "den": den, "h": h, "z": z}
+        dq, dk, dv = kernels.fused_bwd(do, q, k, v, o, w_hi, saved, kind, causal, kernel_eps, chunk_size)
+        return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 def _check_projection(projection, head_dim: int, device) -> torch.Tensor:
@@ -126,7 +154,8 @@ def favor_features(x: torch.Tensor, projection: torch.Tensor, is_query: bool, ke
         mode = kernels.MODE_KEY
         if key_offset is None:
             with torch.no_grad():
-                offset = kernels.favor_fwd(x.detach(), w, kind, kernels.MODE_BLOCK_MAX, torch.float32)
+                w_hi, w_lo = kernels.split_projection(w, x.dtype)
+                offset = kernels.favor_fwd(x.detach(), w_hi, w_lo, kind, kernels.MODE_BLOCK_MAX, torch.float32)
         else:
             check_tensor("key_offset", key_offset, 2)
             if tuple(key_offset.shape) != (B, H):
@@ -144,7 +173,8 @@ def key_offset(k: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
     check_kernel_device("key_offset", k)
     w = _check_projection(projection, D, k.device)
     with torch.no_grad():
-        off = kernels.favor_fwd(k.detach() if k.stride(-1) == 1 else k.detach().contiguous(), w,
+        w_hi, w_lo = kernels.split_projection(w, k.dtype)
+        off = kernels.favor_fwd(k.detach() if k.stride(-1) == 1 else k.detach().contiguous(), w_hi, w_lo,
                                 kernels.KIND_SOFTMAX, kernels.MODE_BLOCK_MAX, torch.float32)
     return off.view(B, H)
 
@@ -168,16 +198,35 @@ def performer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proje
         chunk_size: the core's chunk length (16, 32, 64 or 128); see `linear_attention`.
 
     Returns:
-        O (B, Nq, H, D) in q's dtype. Gradients flow to q, k, v (fused feature backward kernel + linear core).
+        O (B, Nq, H, Dv) in q's dtype. Gradients flow to q, k, v.
 
     The stabiliser of the softmax features (row max for queries, the max over the sequence for keys) cancels
     exactly in the normalised output. Causal: the keys' max is taken over the whole sequence, a constant that
     cancels too (no information flows backwards), but one huge future key can push early keys' features towards
-    underflow. float16 inputs run the features and the core in float32 (output cast back to float16).
+    underflow. float16 inputs keep the features in float32 (output cast back to float16).
+
+    Head dims up to 128 (q/k and v) run with the feature map fused into the linear-attention kernels: phi(q),
+    phi(k) are computed on chip wherever a kernel needs them and never written (see performer/kernels.py);
+    larger heads compute the features with `favor_features` first (same result, more memory traffic).
     """
     check_bool("causal", causal)
     _check_qkv("performer_attention", q, k, v, causal)
-    _check_projection(projection, q.shape[3], q.device)
+    w = _check_projection(projection, q.shape[3], q.device)
+    kind = _check_kernel(kernel)
+    if FUSED and max(q.shape[3], v.shape[3]) <= kernels.FUSED_MAX_DIM:
+        if chunk_size not in (16, 32, 64, 128) or isinstance(chunk_size, bool):
+            raise ValueError(f"chunk_size must be one of 16, 32, 64, 128, got {chunk_size!r}")
+        kernel_eps = check_scale("kernel_eps", kernel_eps)
+        if kernel_eps is None or kernel_eps < 0:
+            raise ValueError(f"kernel_eps must be a finite float >= 0, got {kernel_eps}")
+        eps = check_scale("eps", eps)
+        if eps is None or eps < 0:
+            raise ValueError(f"eps must be a finite float >= 0, got {eps}")
+        q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+        w_hi, w_lo = kernels.split_projection(w, q.dtype)
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        return _PerformerFunction.apply(q, k, v, w_hi, w_lo, kind, causal, float(eps), float(kernel_eps),
+                                        chunk_size, needs_grad)
     qf, _ = favor_features(q, projection, True, kernel, kernel_eps)
     kf, _ = favor_features(k, projection, False, kernel, kernel_eps)
     out = linear_attention(qf, kf, v.to(qf.dtype), causal=causal, feature_map=None, normalize=True, eps=eps,
