@@ -175,10 +175,31 @@ def _kernel(spec, root):
     return getattr(_MODULES[root][spec["module"]], spec["kernel"])
 
 
+def ptxas_report(ptx: str):
+    """ptxas -v on a kernel's PTX for sm_90a: (registers, spill bytes, wgmma serialisation notes). A C75xx
+    note ("wgmma.mma_async instructions are serialized ...") means every wgmma of the kernel waits for the
+    one before: on the H200 that cost the forward 8% (2026-12-01, docs/hopper.md)."""
+    import subprocess
+    import tempfile
+    import triton
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "k.ptx"), "w") as f:
+            f.write(ptx)
+        r = subprocess.run([ptxas, "-arch=sm_90a", "-v", os.path.join(d, "k.ptx"), "-o", os.path.join(d, "k.o")],
+                           capture_output=True, text=True)
+    regs = re.search(r"Used (\d+) registers", r.stderr)
+    spill = sum(int(x) for x in re.findall(r"(\d+) bytes spill stores", r.stderr))
+    notes = sorted({m for m in re.findall(r"\((C75\d\d)\)[^\n]*?serialized due to ([^\n]*?) in the function", r.stderr)})
+    return int(regs.group(1)) if regs else -1, spill, notes
+
+
 def compile_one(job):
     """-> (spec, error or None, {"ttgir": ..., "ptx": ...} or None). Triton's C++ passes report on fd 2;
-    only the lines that say what failed are kept."""
-    spec, root, keep_asm = job
+    only the lines that say what failed are kept. With a 4th job element True, asm also gets "ptxas":
+    ptxas_report's (registers, spills, wgmma serialisation notes)."""
+    spec, root, keep_asm = job[:3]
+    wgmma = len(job) > 3 and job[3]
     import tempfile
     import triton
     from triton.backends.compiler import GPUTarget
@@ -195,8 +216,10 @@ def compile_one(job):
         try:
             compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
             failure = None
-            if keep_asm:
+            if keep_asm or wgmma:
                 asm = {"ttgir": compiled.asm["ttgir"], "ptx": compiled.asm["ptx"]}
+            if wgmma:
+                asm["ptxas"] = ptxas_report(compiled.asm["ptx"])
         except Exception as e:  # noqa: BLE001
             failure = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''}"
         finally:
@@ -283,6 +306,10 @@ def main():
     ap.add_argument("--all-configs", action="store_true",
                     help="compile every autotune config each launch could get on a GPU, not only the fixed one")
     ap.add_argument("--kernels", default="", help="comma-separated kernel names: only these")
+    ap.add_argument("--plain", action="store_true", help="no score mods, no window (block masks included)")
+    ap.add_argument("--no-mods", action="store_true", help="no score mods (windows and block masks included)")
+    ap.add_argument("--wgmma", action="store_true",
+                    help="also run ptxas -v on each kernel: registers, spills, and whether its wgmmas are serialised")
     args = ap.parse_args()
     import multiprocessing
     import triton
@@ -292,7 +319,7 @@ def main():
         with open(args.launches) as f:
             specs = json.load(f)
     else:
-        specs = enumerate_launches(ROOT, quick=args.quick, dtype_names=[d for d in args.dtypes.split(",") if d])
+        specs = enumerate_launches(ROOT, plain_only=args.plain, quick=args.quick, dtype_names=[d for d in args.dtypes.split(",") if d])
         if args.launches:
             with open(args.launches, "w") as f:
                 json.dump(specs, f)
@@ -301,22 +328,32 @@ def main():
                 return 0
     if args.kernels:
         specs = [sp for sp in specs if sp["kernel"] in args.kernels.split(",")]
+    if args.no_mods:
+        specs = [sp for sp in specs if not any(sp["constexprs"].get(k) for k in ("SOFTCAP", "ALIBI", "REL_BIAS"))]
     if args.all_configs:
         specs = list({json.dumps(x, sort_keys=True): x for sp in specs for x in expand_configs(sp)}.values())
     log(f"{len(specs)} specialisations; compiling for sm_90 with triton {triton.__version__} on {args.jobs} processes")
     plain = [s for s in specs if not any(s["constexprs"].get(k) for k in ("WINDOW", "SOFTCAP", "ALIBI", "REL_BIAS"))]
     failures, ours = [], {}
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=spawn) as pool:
-        jobs = [(s, ROOT, bool(args.against) and s in plain) for s in specs]
+        jobs = [(s, ROOT, bool(args.against) and s in plain, args.wgmma) for s in specs]
+        serialised = 0
         for i, (spec, err, asm) in enumerate(pool.map(compile_one, jobs)):
             if err:
                 failures.append(spec)
                 log(f"FAIL {label(spec)}: {err}")
-            if asm:
+            if asm and "ptxas" in asm:
+                regs, spill, notes = asm["ptxas"]
+                serialised += bool(notes)
+                log(f"{'SERIALISED' if notes else 'pipelined '} regs {regs:3d} spill {spill:4d} B  {label(spec)}"
+                    + (f"  [{'; '.join(' '.join(n) for n in notes)}]" if notes else ""))
+            if asm and bool(args.against) and spec in plain:
                 ours[plain_key(spec)] = (spec, asm)
             if (i + 1) % 20 == 0:
                 log(f"{i + 1}/{len(specs)} compiled, {len(failures)} failures")
     log(f"triton {triton.__version__}: {len(specs) - len(failures)}/{len(specs)} compile")
+    if args.wgmma:
+        log(f"wgmma serialised (ptxas C75xx) in {serialised} of {len(specs) - len(failures)}")
     differ = 0
     if args.against:
         import subprocess

@@ -3,6 +3,7 @@
 # CSVs under $OUT/work, then one archive $OUT/results.tgz (the device tool returns at most 8 files).
 #   bash scripts/gpu_all.sh tests bench masks        (sections below; unknown names are refused)
 # Each section's last lines are printed as it ends, so the call's output tail holds the figures.
+# ab: scripts/ab_flash.py over AB_ROOTS (default .snap_old,. : `git archive HEAD hwattn | tar -x -C .snap_old`, carried).
 set -u
 OUT=${OUT:-results/gpu_all}
 W=$OUT/work
@@ -30,6 +31,7 @@ for s in "$@"; do
                    --bench-args "${BENCH_ARGS:---d 128 --n 2048,4096,8192,16384 --providers hwattn,sdpa_cudnn,sdpa_flash,flex}" ;;
         bench64) run bench64 200 $PY scripts/gpu_flash.py --out "$W/bench64" --sections bench \
                      --bench-args "--d 64 --n 2048,8192,16384 --providers hwattn,sdpa_cudnn,sdpa_flash,flex" ;;
+        ab) run ab "${AB_LIMIT:-240}" $PY scripts/ab_flash.py --roots "${AB_ROOTS:-.snap_old,.}" --out "$W/ab" ${AB_ARGS:-} ;;
         big) run big 90 $PY scripts/gpu_flash.py --out "$W/big" --sections big ;;
         masks) run masks "${MASKS_LIMIT:-150}" $PY scripts/gpu_masks.py --out "$W/masks" ;;
         varlen) run varlen 150 $PY scripts/gpu_varlen_decode.py --out "$W/varlen" --budget 120 ;;

@@ -237,12 +237,12 @@ def correctness_items():
     bar = (B, S(2048), H, D)
     small = (2, S(1000), 4, 64)
     return [
-        ("linear identity causal norm (timed kernels)", lambda: corr_linear(bf16, True, "identity", True, bar)),
-        ("linear identity causal nonorm (timed kernels)", lambda: corr_linear(bf16, True, "identity", False, bar)),
-        ("linear elu+1 causal (timed kernels)", lambda: corr_linear(bf16, True, "elu+1", True, bar)),
         ("performer causal (timed kernels)", lambda: corr_performer(bf16, True, bar)),
+        ("linear elu+1 causal (timed kernels)", lambda: corr_linear(bf16, True, "elu+1", True, bar)),
         ("performer causal C=128 (timed kernels)", lambda: corr_performer(bf16, True, bar, chunk_size=128)),
         ("performer causal unfused (timed kernels)", lambda: corr_performer(bf16, True, bar, fused=False)),
+        ("linear identity causal norm (timed kernels)", lambda: corr_linear(bf16, True, "identity", True, bar)),
+        ("linear identity causal nonorm (timed kernels)", lambda: corr_linear(bf16, True, "identity", False, bar)),
         ("performer causal fp32 (triton 3.6 compile failure)", lambda: corr_performer(f32, True, (1, S(1024), 4, 64))),
         ("performer noncausal fp32", lambda: corr_performer(f32, False, (1, S(1024), 4, 64))),
         ("performer noncausal bf16", lambda: corr_performer(bf16, False, (1, S(1024), 4, 64))),
@@ -515,6 +515,40 @@ def performer_timings():
                 return F.scaled_dot_product_attention(a, b, c, is_causal=True)
         time_item("sdpa flash causal", n, sdpa, (qh, kh, vh), 5)
         del qh, kh, vh
+    del qkv
+
+
+def profile_performer(iters=3):
+    """Per-kernel CUDA time of fused Performer (and linear elu+1) fwd+bwd at N=ONE_N (torch.profiler): which pass
+    the time goes to. Rows in the CSV (section "profile"), the table printed."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from hwattn.ops.linear_attn import linear_attention
+    from hwattn.ops.performer import draw_projection
+    if SMOKE:
+        return
+    n = S(ONE_N)
+    w = draw_projection(256, bar_shape()[2], seed=0, device=DEVICE)
+    qkv = make_inputs(n, DTYPE, positive=False)
+    for name, fn in (("performer m=256", performer_fn(w)),
+                     ("ours elu+1", lambda q, k, v: linear_attention(q, k, v, causal=True))):
+        run_fwd_bwd_once(fn, qkv)  # warm
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(iters):
+                run_fwd_bwd_once(fn, qkv)
+        rows = []
+        for e in prof.key_averages():
+            # self time: a CPU op's device time is its kernels', which are events of their own
+            t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+            if t > 0 and e.count >= iters:
+                rows.append((t / iters / 1e3, e.count // iters, e.key))
+        rows.sort(reverse=True)
+        total = sum(r[0] for r in rows)
+        log(f"profile {name} N={n}, fwd+bwd, per iteration: {total:.3f} ms of CUDA time")
+        for ms, calls, key in rows[:14]:
+            ROWS.append({"section": "profile", "provider": name, "case": key[:120], "N": n, "total_ms": ms,
+                         "out": calls})
+            print(f"    {ms:7.3f} ms  {100 * ms / total:5.1f}%  x{calls}  {key[:100]}")
     del qkv
 
 
@@ -791,12 +825,12 @@ def enumerate_launches(chunks=(16, 32, 64, 128), lengths=(1000, 4096), dims=_CC_
         for dtype, (D, V, M), BT, N in itertools.product(dtypes, fused_dims, chunks, lengths):
             q, k = (torch.empty(1, N, 2, D, device=meta, dtype=dtype) for _ in range(2))
             v = torch.empty(1, N, 2, V, device=meta, dtype=dtype)
-            w_hi, w_lo = pk.split_projection(torch.empty(M, D, device=meta), dtype)
+            *proj, w_chain = pk.fused_projection(torch.empty(M, D, device=meta), dtype)
             for causal, kind, save in itertools.product((True, False), (pk.KIND_SOFTMAX, pk.KIND_RELU),
                                                         (True, False)):
-                o, st = pk.fused_fwd(q, k, v, w_hi, w_lo, kind, causal, 1e-12, 1e-3, BT, save)
+                o, st = pk.fused_fwd(q, k, v, proj, kind, causal, 1e-12, 1e-3, BT, save)
                 if save:
-                    pk.fused_bwd(torch.empty_like(o), q, k, v, o, w_hi, st, kind, causal, 1e-3, BT)
+                    pk.fused_bwd(torch.empty_like(o), q, k, v, o, w_chain, st, kind, causal, 1e-3, BT)
         # the configs section_sweep can pick (bf16, D = 128, chunk 64, causal, identity and elu+1 features)
         for dtype in dtypes:
             q, k, v = (torch.empty(1, 4096, 2, 128, device=meta, dtype=dtype) for _ in range(3))
@@ -1007,7 +1041,9 @@ def main():
             log("precompile done")
         # 1. correctness (each item's kernels were compiled by a worker; what is left is mostly float64 references)
         torch.manual_seed(0)
-        reserve = 45 + (30 if fla is not None else 0)  # keep enough for the bar and Performer timings
+        # keep enough for the timings: on the H200 (2026-12-01) the Performer items took 3 s, the profile ~3 s,
+        # fla's autotune 13 s and the bar 5 s (the earlier 45 + 30 skipped every correctness item there)
+        reserve = 25 + (25 if fla is not None else 0)
         for name, item in correctness_items():
             if not have_time(reserve, f"correctness: {name}"):
                 continue
@@ -1015,6 +1051,8 @@ def main():
             guarded(f"correctness: {name}")(item)()
         # 2. Performer vs linear at one N (+ SDPA): the issue's open bar, before fla's autotune
         guarded("performer timings")(performer_timings)()
+        if have_time(8 + (40 if fla is not None else 0), "performer profile"):  # fla's autotune wants 40 s
+            guarded("performer profile")(profile_performer)()
         # 3. fla autotune at one N, then ours vs fla vs float64
         if fla is not None and have_time(40, "fla autotune and fla timings"):
             fla_tune(fla, args.fla_tune_ms)

@@ -86,12 +86,15 @@ def test_fused_path_matches_naive(device, causal, kernel, chunk_size):
         assert_rel_close(name, a, b, torch.float32)
 
 
+@pytest.mark.parametrize("projection", ["fp16", "split"])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "noncausal"])
-def test_fused_path_bf16(device, causal):
-    """bfloat16, the timed path (bf16 products, W' split in two bf16 halves, bf16 states and saved features),
-    against float64. On the CPU inside interpreter_bf16(), which makes the interpreter's bf16 dot and downcast
-    behave as on the GPU. Measured: out 2.7e-3, gradients <= 6.2e-3 (bf16's bound 1e-2); the unfused path
-    gives the same within 1e-3."""
+def test_fused_path_bf16(device, monkeypatch, causal, projection):
+    """bfloat16, the timed path (bf16 products, bf16 states and saved features; the products with W' in fp16 or
+    as two bf16 halves: kernels.BF16_PROJECTION), against float64. On the CPU inside interpreter_bf16(), which
+    makes the interpreter's bf16 dot and downcast behave as on the GPU. Measured: out 2.6e-3, gradients <= 5e-3
+    (bf16's bound 1e-2), either projection; the unfused path gives the same within 1e-3."""
+    from hwattn.ops.performer import kernels
+    monkeypatch.setattr(kernels, "BF16_PROJECTION", projection)
     B, N, H, D, m = 1, 130, 2, 64, 128
     q, k, v = (torch.randn(B, N, H, D, device=device).bfloat16() for _ in range(3))
     w = draw_projection(m, D, seed=0, device=device)

@@ -145,15 +145,17 @@ def _dkdv_dense(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, 
                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
                 DOT_PRECISION: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
                 REL_BIAS: tl.constexpr):
-    """One query head's rows that see the key block, as `common.q_ranges` cut them: masked [lo, full_lo),
-    unmasked [full_lo, full_hi), masked [full_hi, hi) (empty without a window). Shared by the dense and
-    the varlen kernels."""
-    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom, cols, lo,
-                         full_lo, n_q, n_k, qk_scale, BLOCK_M, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION,
-                         window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
-                         WINDOW, SOFTCAP, ALIBI, REL_BIAS)
+    """One query head's rows that see the key block, as `common.q_ranges` cut them: the unmasked bulk
+    [full_lo, full_hi), then masked [lo, full_lo) and [full_hi, hi) (empty without a window). The order is
+    ptxas's: here the bulk must come first, in the forward and dQ passes last (`forward._fwd_dense`), or
+    every wgmma of the kernel is serialised (`scripts/flash_compile_check.py --wgmma`, triton 3.6, sm_90).
+    Shared by the dense and the varlen kernels."""
     dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom, cols, full_lo,
                          full_hi, n_q, n_k, qk_scale, BLOCK_M, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION,
+                         window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
+                         WINDOW, SOFTCAP, ALIBI, REL_BIAS)
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom, cols, lo,
+                         full_lo, n_q, n_k, qk_scale, BLOCK_M, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION,
                          window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
                          WINDOW, SOFTCAP, ALIBI, REL_BIAS)
     if WINDOW:
@@ -357,8 +359,8 @@ def _dq_dense(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
               CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
               ALIBI: tl.constexpr, REL_BIAS: tl.constexpr, REL_BIAS_GRAD: tl.constexpr):
-    """The key blocks the forward visited for this query block (`common.kv_ranges`), same cuts.
-    Shared by the dense and the varlen kernels."""
+    """The key blocks the forward visited for this query block (`common.kv_ranges`), same cuts, masked runs
+    first (`forward._fwd_dense` says why). Shared by the dense and the varlen kernels."""
     lo, full_lo, full_hi, hi = kv_ranges(start_m, n_q, n_k, window_left, window_right, CAUSAL, WINDOW, BLOCK_M,
                                          BLOCK_N)
     if WINDOW:  # without a window lo = full_lo = 0
@@ -366,12 +368,12 @@ def _dq_dense(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows,
                        qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION,
                        window_left, window_right, softcap_log2, alibi_slope, rel_bias_row, drel_bias_row,
                        WINDOW, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD)
-    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, full_lo, full_hi, n_q, n_k,
-                   qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION,
-                   window_left, window_right, softcap_log2, alibi_slope, rel_bias_row, drel_bias_row,
-                   WINDOW, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD)
     dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, full_hi, hi, n_q, n_k,
                    qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION,
+                   window_left, window_right, softcap_log2, alibi_slope, rel_bias_row, drel_bias_row,
+                   WINDOW, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD)
+    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, full_lo, full_hi, n_q, n_k,
+                   qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION,
                    window_left, window_right, softcap_log2, alibi_slope, rel_bias_row, drel_bias_row,
                    WINDOW, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD)
     return dq

@@ -127,23 +127,27 @@ def _fwd_dense(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, stride_vd
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
                CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
                ALIBI: tl.constexpr, REL_BIAS: tl.constexpr):
-    """Every key block the query block [start_m, start_m + BLOCK_M) of dense attention sees: unmasked
-    where all its rows see the whole block, masked at the causal diagonal, the window edges and the end of
-    the keys; blocks outside the causal range or the window are skipped. Shared by the dense and the
-    varlen kernels."""
+    """Every key block the query block [start_m, start_m + BLOCK_M) of dense attention sees: masked at the
+    causal diagonal, the window edges and the end of the keys, unmasked where all its rows see the whole
+    block; blocks outside the causal range or the window are skipped. Shared by the dense and the varlen
+    kernels."""
     lo, full_lo, full_hi, hi = kv_ranges(start_m, n_q, n_k, window_left, window_right, CAUSAL, WINDOW, BLOCK_M,
                                          BLOCK_N)
+    # The masked runs go first, the unmasked bulk last (the online softmax does not care about order): with a
+    # masked loop after the bulk, ptxas (triton 3.6, sm_90) serialises every wgmma of the kernel, C7515 in
+    # `scripts/flash_compile_check.py --wgmma`; measured on an H200 as the 8% between this kernel and a
+    # minimal one (docs/hopper.md).
     if WINDOW:  # without a window lo = full_lo = 0
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, stride_vd, rows, lo,
                                    full_lo, n_q, n_k, qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL,
                                    DOT_PRECISION, window_left, window_right, softcap_log2, alibi_slope,
                                    rel_bias_row, WINDOW, SOFTCAP, ALIBI, REL_BIAS)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, stride_vd, rows, full_lo,
-                               full_hi, n_q, n_k, qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION,
-                               window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
-                               WINDOW, SOFTCAP, ALIBI, REL_BIAS)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, stride_vd, rows, full_hi, hi,
                                n_q, n_k, qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION,
+                               window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
+                               WINDOW, SOFTCAP, ALIBI, REL_BIAS)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, stride_vd, rows, full_lo,
+                               full_hi, n_q, n_k, qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION,
                                window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
                                WINDOW, SOFTCAP, ALIBI, REL_BIAS)
     return acc, l_i, m_i

@@ -75,24 +75,25 @@ class _PerformerFunction(torch.autograd.Function):
     """Performer attention with the feature map fused into the linear-attention kernels (kernels.fused_fwd)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, w_hi, w_lo, kind, causal, eps, kernel_eps, chunk_size, save_for_backward):
-        o, saved = kernels.fused_fwd(q, k, v, w_hi, w_lo, kind, causal, eps, kernel_eps, chunk_size,
-                                     save_for_backward)
+    def forward(ctx, q, k, v, w, kind, causal, eps, kernel_eps, chunk_size, save_for_backward):
+        *proj, w_chain = kernels.fused_projection(w, q.dtype)
+        o, saved = kernels.fused_fwd(q, k, v, proj, kind, causal, eps, kernel_eps, chunk_size, save_for_backward)
         if save_for_backward:
-            ctx.save_for_backward(q, k, v, o, w_hi, saved["fq"], saved["fk"], saved["den"], saved["h"], saved["z"])
+            ctx.save_for_backward(q, k, v, o, w_chain, saved["fq"], saved["fk"], saved["den"], saved["h"],
+                                  saved["z"])
         ctx.cfg = (kind, causal, kernel_eps, chunk_size)
         return o
 
     @staticmethod
     @once_differentiable
     def backward(ctx, do):
-        q, k, v, o, w_hi, fq, fk, den, h, z = ctx.saved_tensors
+        q, k, v, o, w_chain, fq, fk, den, h, z = ctx.saved_tensors
         kind, causal, kernel_eps, chunk_size = ctx.cfg
         if do.stride(-1) != 1:
             do = do.contiguous()
         saved = {"fq": fq, "fk": fk, "den": den, "h": h, "z": z}
-        dq, dk, dv = kernels.fused_bwd(do, q, k, v, o, w_hi, saved, kind, causal, kernel_eps, chunk_size)
-        return dq, dk, dv, None, None, None, None, None, None, None, None
+        dq, dk, dv = kernels.fused_bwd(do, q, k, v, o, w_chain, saved, kind, causal, kernel_eps, chunk_size)
+        return dq, dk, dv, None, None, None, None, None, None, None
 
 
 def _check_projection(projection, head_dim: int, device) -> torch.Tensor:
@@ -223,10 +224,9 @@ def performer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proje
         if eps is None or eps < 0:
             raise ValueError(f"eps must be a finite float >= 0, got {eps}")
         q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-        w_hi, w_lo = kernels.split_projection(w, q.dtype)
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-        return _PerformerFunction.apply(q, k, v, w_hi, w_lo, kind, causal, float(eps), float(kernel_eps),
-                                        chunk_size, needs_grad)
+        return _PerformerFunction.apply(q, k, v, w, kind, causal, float(eps), float(kernel_eps), chunk_size,
+                                        needs_grad)
     qf, _ = favor_features(q, projection, True, kernel, kernel_eps)
     kf, _ = favor_features(k, projection, False, kernel, kernel_eps)
     out = linear_attention(qf, kf, v.to(qf.dtype), causal=causal, feature_map=None, normalize=True, eps=eps,

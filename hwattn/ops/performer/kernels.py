@@ -18,8 +18,8 @@ gradient contribution is zero. W gets no gradient (a fixed random draw).
 
    forward   key stabiliser: `_favor_fwd_kernel` MODE_BLOCK_MAX over k (one 16-bit product: it is only a bound)
              `_favor_state_fwd_kernel`: the state pass on raw k (each program loads its slice of W' once)
-             `_favor_output_fwd_kernel`: the output pass on raw q, k; the query stabiliser from a first pass over
-             W' (compute only)
+             `_favor_output_fwd_kernel`: the output pass on raw q (the query stabiliser from a first pass over W',
+             compute only) and phi(k): read back where pass 1 saved it (training), else recomputed from k
    backward  dd, the reverse state pass and dv: the linear core's own kernels on the features saved by the
              forward pass (identity feature map);
              `_favor_dqk_kernel`: dq and dk with the feature map's backward folded in: per feature block
@@ -41,11 +41,13 @@ gradient contribution is zero. W gets no gradient (a fixed random draw).
    compute every tile twice, so these kernels run 4 warps per 64 tokens (CONFIGS). A (64, 128) fp32 accumulator is
    then 64 registers a thread, which is why dq and dk share a program but dv (linear core) does not.
 
-Precision of the products with W: exp turns an absolute error in u into a relative error of the feature, so u is
-computed to ~fp32 accuracy: 16-bit inputs (bf16, fp16) are exact in their own type, and W' is split into two
-copies of that type with hi + lo = W' (to ~2^-16 relative), so u = x hi^T + x lo^T is two 16-bit tensor-core
-products (one fp32 product would be a tf32 one at half that rate and 2^-11 accuracy; a single bf16 W' gave 5e-3
-output error at D = 128, half of bf16's tolerance). fp32 inputs use W' in fp32, IEEE. The linear core's products
+Precision of the products with W: exp turns an absolute error in u into a relative error of the feature, so u
+needs more than bf16 (a single bf16 W' gave 5e-3 output error at D = 128, half of bf16's tolerance). 16-bit
+inputs are exact in their own type; the feature kernels and fp16 inputs split W' into two copies of that type
+with hi + lo = W' (to ~2^-16 relative): u = x hi^T + x lo^T, two 16-bit tensor-core products. bf16 inputs in the
+fused attention (BF16_PROJECTION = "fp16") use one fp16 product instead, x 2^-8 times W' 2^8 (`_proj_input`):
+W' to 2^-11 like tf32, at the 16-bit rate, half the split's products (the forward pass is compute-bound).
+fp32 inputs use W' in fp32, IEEE. The linear core's products
 follow `linear_attn.kernels._mm` (bf16 operands for bf16 inputs; fp32 operands, tf32 for fp16 and IEEE for fp32
 inputs), and the features are rounded to that dtype once, so that the numerator, the denominator and the saved
 copy see the same values: bf16 for bf16 inputs, fp32 for fp16 (they span e^-20..1, beyond fp16's range) and fp32
@@ -105,6 +107,16 @@ def _load_wt(w_hi, w_lo, o_m, m_m, o_d, m_d, D: tl.constexpr, SPLIT: tl.constexp
 
 
 @triton.jit
+def _proj_input(x, X16: tl.constexpr):
+    """The x operand of the products with W'. X16 (bf16 inputs, fused path): x 2^-8 in fp16, exact for
+    2^-6 <= |x| < 1.7e7 (bf16's 8 significant bits fit fp16's 11; below, fp16 subnormals keep an absolute error
+    <= 2^-17; above, it saturates instead of overflowing to inf); W' comes as fp16 W' 2^8, so the scales cancel."""
+    if X16:  # one return: triton's compiler wants a single return type even across constexpr branches
+        x = tl.minimum(tl.maximum(x.to(tl.float32) * 0.00390625, -65504.0), 65504.0).to(tl.float16)
+    return x
+
+
+@triton.jit
 def _project(x, wt_hi, wt_lo, SPLIT: tl.constexpr, PREC: tl.constexpr):
     """u = x W'^T (fp32) of a raw (R, BD) tile x in its storage dtype: x hi^T + x lo^T (SPLIT) or x W'^T."""
     u = tl.dot(x, wt_hi, input_precision=PREC)
@@ -154,7 +166,7 @@ def _favor_fwd_kernel(
     N, NB, sq_scale, ratio, kernel_eps,
     H, D: tl.constexpr, M: tl.constexpr,
     BN: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr,
-    KIND: tl.constexpr, MODE: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr,
+    KIND: tl.constexpr, MODE: tl.constexpr, SPLIT: tl.constexpr, X16: tl.constexpr, PREC: tl.constexpr,
 ):
     i_n = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
@@ -167,6 +179,7 @@ def _favor_fwd_kernel(
     p_x = x + i_b * s_xb + i_h * s_xh + rows[:, None].to(tl.int64) * s_xn + o_d[None, :]
     b_x = tl.load(p_x, mask=m_n[:, None] & m_d[None, :], other=0.0)
     b_sq = _sq(b_x, sq_scale)
+    b_x = _proj_input(b_x, X16)
 
     b_c = tl.zeros([BN], dtype=tl.float32)
     if KIND == 0:
@@ -251,7 +264,7 @@ def _favor_state_fwd_kernel(
     H, D: tl.constexpr, M: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     KIND: tl.constexpr, STORE_ALL: tl.constexpr, STORE_FINAL: tl.constexpr, SAVE: tl.constexpr,
-    SPLIT: tl.constexpr, F32: tl.constexpr, PREC: tl.constexpr,
+    SPLIT: tl.constexpr, X16: tl.constexpr, F32: tl.constexpr, PREC: tl.constexpr,
 ):
     """Pass 1 (`linear_attn.kernels._state_fwd_kernel`) on raw keys: per (b, h, feature block, Dv block), walk the
     chunks, computing the chunk's feature block phi(K_c) on chip; the program's slice of W' is loaded once.
@@ -292,7 +305,7 @@ def _favor_state_fwd_kernel(
             tl.store(p_z + o_k, b_z, mask=m_z)
         m_t = rows < T - i_c * BT
         b_x = tl.load(p_k + rows[:, None] * s_kn + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
-        b_f = _features(_project(b_x, wt_hi, wt_lo, SPLIT, PREC), _sq(b_x, sq_scale) + c,
+        b_f = _features(_project(_proj_input(b_x, X16), wt_hi, wt_lo, SPLIT, PREC), _sq(b_x, sq_scale) + c,
                         m_t[:, None] & m_k[None, :], ratio, kernel_eps, KIND)
         b_f = _mm_operand(b_f, F32)  # rounded once: z, the state and the saved copy all see the same features
         if SAVE:
@@ -313,17 +326,19 @@ def _favor_state_fwd_kernel(
 
 @triton.jit
 def _favor_output_fwd_kernel(
-    q, k, v, w_hi, w_lo, koff, h, z, o, den, fq,
-    s_qb, s_qn, s_qh, s_kb, s_kn, s_kh, s_vb, s_vn, s_vh, s_ob, s_on, s_oh, s_fb, s_fn, s_fh,
+    q, k, v, w_hi, w_lo, koff, h, z, o, den, fq, fk,
+    s_qb, s_qn, s_qh, s_kb, s_kn, s_kh, s_vb, s_vn, s_vh, s_ob, s_on, s_oh, s_fb, s_fn, s_fh, s_gb, s_gn, s_gh,
     T, NC, eps, sq_scale, ratio, kernel_eps,
     H, D: tl.constexpr, M: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    KIND: tl.constexpr, CAUSAL: tl.constexpr, SAVE: tl.constexpr, SPLIT: tl.constexpr,
+    KIND: tl.constexpr, CAUSAL: tl.constexpr, SAVE: tl.constexpr, SPLIT: tl.constexpr, X16: tl.constexpr,
     F32: tl.constexpr, PREC: tl.constexpr,
 ):
     """Pass 2 (`linear_attn.kernels._output_fwd_kernel`) on raw q, k: one program per (chunk, Dv block) x (b, h)
-    walks the feature blocks, computing phi(Q_c) and phi(K_c) block by block. SAVE (training): den (B*H, T) fp32
-    and phi(q) (B, T, H, M) for the backward pass (written by the Dv-block-0 programs; phi(k) comes from pass 1)."""
+    walks the feature blocks, computing phi(Q_c) block by block. SAVE (training): den (B*H, T) fp32 and phi(q)
+    (B, T, H, M) for the backward pass (written by the Dv-block-0 programs). phi(K_c) for the intra-chunk term:
+    causal and SAVE, read back from fk, where pass 1 has just saved it (2 bytes a feature against 2 products of
+    BT x D x m to recompute it: on the H200 the forward was compute-bound); otherwise recomputed from k."""
     i_cv = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
     NV = (V + BV - 1) // BV
@@ -349,6 +364,7 @@ def _favor_output_fwd_kernel(
 
     b_xq = tl.load(q + i_b * s_qb + i_h * s_qh + o_t[:, None] * s_qn + o_d[None, :], mask=m_td, other=0.0)
     b_subq = _sq(b_xq, sq_scale)
+    b_xq = _proj_input(b_xq, X16)
     if KIND == 0:
         # The query stabiliser, each row's max exponent, from a first pass over W' with one 16-bit product (hi
         # only: compute, no bytes). Any per-row constant cancels; being within e^(2^-8 |u|) of the exact max keeps
@@ -362,9 +378,12 @@ def _favor_output_fwd_kernel(
             b_u = tl.where(m_k[None, :], _project(b_xq, wt_hi, wt_lo, False, PREC), float("-inf"))
             b_m = tl.maximum(b_m, tl.max(b_u, axis=1))
         b_subq = b_m  # exp(u - |x~|^2/2 - (max u - |x~|^2/2)) = exp(u - max u)
-    if CAUSAL:
+    LOAD_FK: tl.constexpr = CAUSAL and SAVE
+    p_g = fk + i_b * s_gb + i_h * s_gh + o_t[:, None] * s_gn
+    if CAUSAL and not LOAD_FK:
         b_xk = tl.load(k + i_b * s_kb + i_h * s_kh + o_t[:, None] * s_kn + o_d[None, :], mask=m_td, other=0.0)
         b_subk = _sq(b_xk, sq_scale)
+        b_xk = _proj_input(b_xk, X16)
         if KIND == 0:
             b_subk += tl.load(koff + i_bh)
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
@@ -384,7 +403,10 @@ def _favor_output_fwd_kernel(
         b_den += tl.sum(b_fq.to(tl.float32) * tl.load(p_zc + o_k, mask=m_k, other=0.0)[None, :], axis=1)
         if SAVE:
             tl.store(fq + p_f + o_k[None, :], b_fq.to(fq.dtype.element_ty), mask=m_save[:, None] & m_k[None, :])
-        if CAUSAL:
+        if LOAD_FK:
+            b_fk = tl.load(p_g + o_k[None, :], mask=m_tk, other=0.0)
+            b_A = _mm(b_fq, tl.trans(b_fk), b_A, F32, PREC)
+        elif CAUSAL:
             b_fk = _features(_project(b_xk, wt_hi, wt_lo, SPLIT, PREC), b_subk, m_tk, ratio, kernel_eps, KIND)
             b_A = _mm(b_fq, tl.trans(b_fk), b_A, F32, PREC)
     if CAUSAL:
@@ -519,21 +541,42 @@ def split_projection(w: torch.Tensor, dtype: torch.dtype):
     return hi.contiguous(), (ws - hi.float()).to(dtype).contiguous()
 
 
+# bf16 inputs in the fused path: "fp16" multiplies x 2^-8 (exact in fp16 over 2^-6 <= |x| < 1.7e7) by W' 2^8 in
+# fp16, one product with W' to 2^-11 (the tf32 accuracy the first version had, at the 16-bit rate; output error
+# ~1e-3 of bf16's 1e-2 in a float64 simulation); "split" the two bf16 products of W' = hi + lo (to ~2^-16). The
+# forward pass is compute-bound (H200, 2026-12-01: 2.99 ms for ~0.74 TFLOP with "split"), and the products with W
+# are ~3/4 of its FLOPs.
+BF16_PROJECTION = "fp16"
+
+
+def fused_projection(w: torch.Tensor, dtype: torch.dtype):
+    """The projection operands of the fused kernels for inputs of `dtype`: (w_hi, w_lo, SPLIT, X16, w_chain).
+    w_chain: W' in the products' dtype for the feature map's backward (`_chain`)."""
+    if dtype == torch.bfloat16 and BF16_PROJECTION == "fp16":
+        ws = w.detach().float() * w.shape[1] ** -0.25
+        w16 = (ws * 256.0).to(torch.float16).contiguous()
+        return w16, w16, False, True, ws.to(torch.bfloat16).contiguous()
+    w_hi, w_lo = split_projection(w, dtype)
+    return w_hi, w_lo, _split(dtype), False, w_hi
+
+
 def _split(dtype) -> bool:
     return dtype != torch.float32
 
 
 def favor_fwd(x: torch.Tensor, w_hi: torch.Tensor, w_lo: torch.Tensor, kind: int, mode: int, out_dtype: torch.dtype,
-              offset: torch.Tensor | None = None, kernel_eps: float = 0.0, exact: bool = True):
-    """x (B, N, H, D) unit stride in D; (w_hi, w_lo) from `split_projection(w, x.dtype)`. MODE_QUERY / MODE_KEY
-    (needs offset (B*H,) fp32) -> features (B, N, H, m) of out_dtype; MODE_BLOCK_MAX -> the per-(batch*head) max
-    exponent (B*H,) fp32. exact=False (MODE_BLOCK_MAX only): one product with hi, enough for a stabiliser."""
+              offset: torch.Tensor | None = None, kernel_eps: float = 0.0, split: bool | None = None,
+              x16: bool = False):
+    """x (B, N, H, D) unit stride in D; (w_hi, w_lo) from `split_projection(w, x.dtype)` (or `fused_projection`
+    with its split and x16). MODE_QUERY / MODE_KEY (needs offset (B*H,) fp32) -> features (B, N, H, m) of
+    out_dtype; MODE_BLOCK_MAX -> the per-(batch*head) max exponent (B*H,) fp32. split=False: one product with
+    w_hi only (enough for a stabiliser); default: both halves for 16-bit x."""
     B, N, H, D = x.shape
     M = w_hi.shape[0]
     BD = max(16, _pow2(D))
     NB = triton.cdiv(N, BLOCK_N)
-    split = _split(x.dtype) and exact
-    common = dict(H=H, D=D, M=M, BN=BLOCK_N, BD=BD, BM=BLOCK_M, KIND=kind, MODE=mode, SPLIT=split,
+    split = _split(x.dtype) if split is None else split
+    common = dict(H=H, D=D, M=M, BN=BLOCK_N, BD=BD, BM=BLOCK_M, KIND=kind, MODE=mode, SPLIT=split, X16=x16,
                   PREC=_prec(x.dtype), num_warps=NUM_WARPS)
     if mode == MODE_BLOCK_MAX:
         part = torch.empty(B * H, NB, device=x.device, dtype=torch.float32)
@@ -566,25 +609,25 @@ def _fused_blocks(name: str, M: int, V: int, BT: int):
     return bk, bv, warps, stages
 
 
-def fused_fwd(q, k, v, w_hi, w_lo, kind: int, causal: bool, eps: float, kernel_eps: float, chunk_size: int,
+def fused_fwd(q, k, v, proj, kind: int, causal: bool, eps: float, kernel_eps: float, chunk_size: int,
               save_for_backward: bool):
     """Performer attention forward, features fused (module docstring). q (B, Nq, H, D), k (B, Nk, H, D),
-    v (B, Nk, H, V), all one dtype, unit stride in the last dim; (w_hi, w_lo) = split_projection(w, q.dtype).
+    v (B, Nk, H, V), all one dtype, unit stride in the last dim; proj = fused_projection(w, q.dtype)[:4].
     Returns o (B, Nq, H, V) in q's dtype and what the backward pass needs: the per-chunk states h, z (causal) or
     the total state (not), and when saving, den (B*H, Nq) fp32 and the features fq (B, Nq, H, m), fk (B, Nk, H, m)
     (bf16 for bf16 inputs, fp32 otherwise)."""
+    w_hi, w_lo, SPLIT, X16 = proj
     B, Tq, H, D = q.shape
     Tk, V = k.shape[1], v.shape[3]
     M = w_hi.shape[0]
     BT = chunk_size
     BD = max(16, _pow2(D))
     F32, PREC = _precision(q.dtype)
-    SPLIT = _split(q.dtype)
     dev = q.device
     dummy32 = torch.empty(1, device=dev, dtype=torch.float32)
     scal = dict(sq_scale=0.5 / D ** 0.5, ratio=M ** -0.5, kernel_eps=kernel_eps)
     # the key stabiliser: one 16-bit product is enough for a constant that only has to keep exp in range
-    koff = (favor_fwd(k, w_hi, w_lo, KIND_SOFTMAX, MODE_BLOCK_MAX, torch.float32, exact=False)
+    koff = (favor_fwd(k, w_hi, w_lo, KIND_SOFTMAX, MODE_BLOCK_MAX, torch.float32, split=False, x16=X16)
             if kind == KIND_SOFTMAX else dummy32)
     fdt = torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32  # fp16 cannot hold the features' range
     fq = torch.empty(B, Tq, H, M, device=dev, dtype=fdt) if save_for_backward else dummy32
@@ -602,7 +645,7 @@ def fused_fwd(q, k, v, w_hi, w_lo, kind: int, causal: bool, eps: float, kernel_e
     _favor_state_fwd_kernel[(triton.cdiv(M, BK) * triton.cdiv(V, BV), B * H)](
         k, v, w_hi, w_lo, koff, h, z, ht, zt, fk, *_strides(k), *_strides(v), *_fstrides(fk), Tk, NCk, **scal,
         H=H, D=D, M=M, V=V, BT=BT, BD=BD, BK=BK, BV=BV, KIND=kind, STORE_ALL=causal, STORE_FINAL=not causal,
-        SAVE=save_for_backward, SPLIT=SPLIT, F32=F32, PREC=PREC, num_warps=warps, num_stages=stages)
+        SAVE=save_for_backward, SPLIT=SPLIT, X16=X16, F32=F32, PREC=PREC, num_warps=warps, num_stages=stages)
     if not causal:
         h, z = ht, zt
     o = torch.empty(B, Tq, H, V, device=dev, dtype=q.dtype)
@@ -610,10 +653,10 @@ def fused_fwd(q, k, v, w_hi, w_lo, kind: int, causal: bool, eps: float, kernel_e
     NCq = triton.cdiv(Tq, BT)
     BK, BV, warps, stages = _fused_blocks("favor_output_fwd", M, V, BT)
     _favor_output_fwd_kernel[(NCq * triton.cdiv(V, BV), B * H)](
-        q, k, v, w_hi, w_lo, koff, h, z, o, den, fq,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_fstrides(fq), Tq, NCq, eps, **scal,
+        q, k, v, w_hi, w_lo, koff, h, z, o, den, fq, fk,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_fstrides(fq), *_fstrides(fk), Tq, NCq, eps, **scal,
         H=H, D=D, M=M, V=V, BT=BT, BD=BD, BK=BK, BV=BV, KIND=kind, CAUSAL=causal, SAVE=save_for_backward,
-        SPLIT=SPLIT, F32=F32, PREC=PREC, num_warps=warps, num_stages=stages)
+        SPLIT=SPLIT, X16=X16, F32=F32, PREC=PREC, num_warps=warps, num_stages=stages)
     return o, {"den": den, "fq": fq, "fk": fk, "h": h, "z": z}
 
 
@@ -621,13 +664,14 @@ def _fstrides(f):
     return _strides(f) if f.dim() == 4 else (0, 0, 0)
 
 
-def fused_bwd(do, q, k, v, o, w_hi, saved: dict, kind: int, causal: bool, kernel_eps: float, chunk_size: int):
-    """Backward of `fused_fwd`: dq, dk, dv (in the inputs' dtype). do like o, unit stride in the last dim.
+def fused_bwd(do, q, k, v, o, w_chain, saved: dict, kind: int, causal: bool, kernel_eps: float, chunk_size: int):
+    """Backward of `fused_fwd`: dq, dk, dv (in the inputs' dtype). do like o, unit stride in the last dim;
+    w_chain = fused_projection(w, q.dtype)[4]: W' for the chain rule's products.
     The state pass and dv are the linear core's kernels on the saved features (identity feature map); dq and dk
     come from `_favor_dqk_kernel`, the feature map's backward fused in."""
     B, Tq, H, D = q.shape
     Tk, V = k.shape[1], v.shape[3]
-    M = w_hi.shape[0]
+    M = w_chain.shape[0]
     BT = chunk_size
     F32, PREC = _precision(q.dtype)
     den, fq, fk = saved["den"], saved["fq"], saved["fk"]
@@ -637,7 +681,7 @@ def fused_bwd(do, q, k, v, o, w_hi, saved: dict, kind: int, causal: bool, kernel
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     BK, BV, warps, stages = _fused_blocks("favor_dqk", M, V, BT)
-    args = (q, k, fq, fk, v, do, w_hi, den, dd, saved["h"], saved["z"], dh, dz, dq, dk,
+    args = (q, k, fq, fk, v, do, w_chain, den, dd, saved["h"], saved["z"], dh, dz, dq, dk,
             *_strides(q), *_strides(k), *_strides(fq), *_strides(fk), *_strides(v), *_strides(do), *_strides(dq),
             *_strides(dk))
     common = dict(H=H, D=D, M=M, V=V, BT=BT, BD=max(16, _pow2(D)), BK=BK, BV=BV, KIND=kind, CAUSAL=causal,
