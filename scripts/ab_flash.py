@@ -47,7 +47,7 @@ def child(root, shapes, autotune):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--roots", required=True, help="comma-separated checkouts; the first is the baseline")
+    ap.add_argument("--roots", default="", help="comma-separated checkouts; the first is the baseline")
     ap.add_argument("--n", default="4096,16384")
     ap.add_argument("--d", default="128")
     ap.add_argument("--causal", default="0,1")
@@ -62,7 +62,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     results = {}
     for root in args.roots.split(","):
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", root, "--n", args.n, "--d", args.d,
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", root, "--roots", root, "--n", args.n, "--d", args.d,
                "--causal", args.causal] + (["--autotune"] if args.autotune else [])
         r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=""))
         line = [x for x in r.stdout.splitlines() if x.startswith("ROWS ")]
