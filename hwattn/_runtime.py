@@ -26,3 +26,17 @@ def check_kernel_device(fn_name: str, *tensors: torch.Tensor) -> None:
         )
     raise ValueError(f"{fn_name}: tensors are on device {dev}, but hwattn needs 'cuda' (or 'cpu' with "
                      "TRITON_INTERPRET=1)")
+
+
+def launch_fewer_stages(kernel, grid, *args, **kwargs):
+    """kernel[grid](*args, **kwargs); a launch whose compiled kernel needs more shared memory than the GPU has
+    (Triton raises OutOfResources when it loads it) is retried with one pipeline stage less, down to one.
+    The interpreter never raises it (it compiles nothing)."""
+    from triton.runtime.errors import OutOfResources
+    while True:
+        try:
+            return kernel[grid](*args, **kwargs)
+        except OutOfResources:
+            if kwargs.get("num_stages", 3) <= 1:
+                raise
+            kwargs["num_stages"] = kwargs.get("num_stages", 3) - 1

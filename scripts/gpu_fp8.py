@@ -125,13 +125,18 @@ def section_bench(out, smoke, device, lengths):
                                      tflops=flops / times[name] / 1e9, wall_s=round(time.time() - t0, 1)))
                 quant_ms = bench(lambda: hwattn.quantize_qkv_fp8(q, k, v))
                 quant_had_ms = bench(lambda: hwattn.quantize_qkv_fp8(q, k, v, hadamard=True))
-            rows.append(dict(provider="quantize_qkv_fp8", causal=causal, B=B, N=n, H=H, D=D, ms=quant_ms, tflops="",
-                             wall_s=""))
-            rows.append(dict(provider="quantize_qkv_fp8+hadamard", causal=causal, B=B, N=n, H=H, D=D,
-                             ms=quant_had_ms, tflops="", wall_s=""))
+                # the torch definition the kernels replace (quant._quantize_torch), same tensors, same run
+                from hwattn.ops.flash_fp8 import quant
+                torch_ms = bench(lambda: [quant._quantize_torch(x, "head", None, x is v) for x in (q, k, v)])
+                torch_had_ms = bench(lambda: [quant._quantize_torch(x, "head", None if x is v else 0, x is v)
+                                              for x in (q, k, v)])
+            for provider, ms in (("quantize_qkv_fp8", quant_ms), ("quantize_qkv_fp8+hadamard", quant_had_ms),
+                                 ("quantize torch ops", torch_ms), ("quantize torch ops+hadamard", torch_had_ms)):
+                rows.append(dict(provider=provider, causal=causal, B=B, N=n, H=H, D=D, ms=ms, tflops="", wall_s=""))
             line = "  ".join(f"{name} {flops / t / 1e9:7.1f}" for name, t in times.items())  # t in ms
             print(f"{'causal' if causal else 'full':>6} B={B:<2} N={n:<6} TFLOP/s: {line}   "
-                  f"(quantise {quant_ms:.3f} ms, +hadamard {quant_had_ms:.3f} ms)", flush=True)
+                  f"(quantise {quant_ms:.3f} ms, +hadamard {quant_had_ms:.3f} ms; torch ops {torch_ms:.3f} / "
+                  f"{torch_had_ms:.3f} ms)", flush=True)
             del q, k, v, quantized
     _write_csv(os.path.join(out, "bench.csv"), rows)
     if not smoke:

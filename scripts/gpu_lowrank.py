@@ -905,6 +905,7 @@ def enumerate_launches(chunks=(16, 32, 64, 128), lengths=(1000, 4096), dims=_CC_
 
 
 _CC_MODS = None
+SM90_SHARED_LIMIT = 232448  # bytes of shared memory one H100/H200 block may use
 
 
 def _cc_compile_one(spec):
@@ -927,8 +928,10 @@ def _cc_compile_one(spec):
         saved = os.dup(2)
         os.dup2(err.fileno(), 2)
         try:
-            triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
+            compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
             failure = None
+            if compiled.metadata.shared > SM90_SHARED_LIMIT:  # would raise OutOfResources at launch
+                failure = f"OutOfResources: shared memory {compiled.metadata.shared} B > {SM90_SHARED_LIMIT} B"
         except Exception as e:  # noqa: BLE001
             failure = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''}"
         finally:

@@ -20,7 +20,8 @@ from hwattn.ops.flash.forward import flash_fwd
 from hwattn.ops.flash_fp8 import naive
 from hwattn.ops.flash_fp8.quant import hadamard_signs
 from hwattn.reference import attention as reference
-from hwattn.testing import assert_rel_close, interpreter_fp8_rounding, outlier_channel_inputs, rel_err
+from hwattn.testing import (assert_rel_close, interpreter_bf16, interpreter_fp8_rounding, outlier_channel_inputs,
+                            rel_err)
 
 FP8 = torch.float8_e4m3fn
 BOUND_DEQUANT = 3.5e-2
@@ -306,3 +307,66 @@ def test_gpu_fp8_outliers_hadamard_helps():
         assert rotated < plain
         errors.append(plain / rotated)
     assert sum(errors) / len(errors) > 2.0, errors  # float64 emulation of this case: 3.6-4.1x
+
+
+# --- the quantisation kernels --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n,d,hadamard", [(1, 16, True), (100, 64, True), (100, 64, False), (37, 80, False)])
+@pytest.mark.parametrize("seqlen_major", [False, True], ids=["contiguous", "seqlen_major"])
+@pytest.mark.parametrize("granularity", ["head", "tensor"])
+def test_quantize_kernels_match_the_torch_definition(monkeypatch, dtype, n, d, hadamard, seqlen_major, granularity):
+    """The Triton passes (quant_kernels.py) against quant._quantize_torch on the same input: the same descales
+    and the same e4m3 values, a strided input (a slice of a fused qkv) and an outlier channel included. With
+    the rotation the fp32 sums run in another order, so a value at a rounding boundary may land one e4m3 step
+    apart (measured: 1 of 38400 for fp32); without it they are equal."""
+    from hwattn.ops.flash_fp8 import quant, quant_kernels
+    calls = []
+    real = quant_kernels.quantize
+    monkeypatch.setattr(quant_kernels, "quantize", lambda *a: calls.append(1) or real(*a))
+    qkv = torch.randn(2, n, 3, 3 * d) * 3
+    qkv[:, :, 1, 5] *= 40
+    x = qkv.to(dtype)[..., d:2 * d]  # strided along heads and seqlen, unit stride in D
+    seed = 7 if hadamard else None
+    with interpreter_bf16():
+        x8, descale = quant._quantize(x, granularity, seed, seqlen_major)
+    assert calls, "the kernel path was not taken"
+    r8, rdescale = quant._quantize_torch(x, granularity, seed, seqlen_major)
+    assert x8.dtype == FP8 and x8.shape == x.shape and x8.stride() == r8.stride()
+    assert torch.allclose(descale, rdescale, rtol=1e-6, atol=0)
+    a, b = x8.float(), r8.float()
+    differ = a != b
+    assert differ.sum() <= (max(2, 1e-3 * differ.numel()) if hadamard else 0)
+    # where they differ: one e4m3 step (2^-3 relative for normals; one subnormal step 2^-9 below 2^-6)
+    step = torch.maximum(b.abs() * 2.0 ** -3, torch.full_like(b, 2.0 ** -9))
+    assert ((a - b).abs() <= step * 1.0001).all()
+
+
+def test_quantize_qkv_fp8_kernel_path_feeds_the_attention_kernel():
+    """End to end on the kernel-quantised inputs (rotation on, V seqlen-major): within the same float64
+    bounds as the torch-quantised ones."""
+    torch.manual_seed(3)
+    q, k, v = _inputs(1, 70, 70, 4, 2, 64)
+    quantized = hwattn.quantize_qkv_fp8(q, k, v, hadamard=True, seed=2)
+    assert quantized.v.stride(1) == 1
+    out = hwattn.flash_attention_fp8(**quantized._asdict(), causal=True)
+    assert_rel_close("out vs dequantised", out, naive.attention_fp8(*quantized, causal=True), FP8, BOUND_DEQUANT)
+    assert_rel_close("out vs original", out, reference(q.double(), k.double(), v.double(), causal=True), FP8,
+                     BOUND_ORIGINAL)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_gpu_quantize_kernels_match_the_torch_definition(dtype):
+    """On the GPU (where 16-bit inputs take the 16-bit tensor-core rotation): the kernels against the torch
+    definition at an attention-sized shape, rotation on, V's seqlen-major layout."""
+    from hwattn.ops.flash_fp8 import quant
+    torch.manual_seed(0)
+    x = (torch.randn(2, 4099, 8, 128, device="cuda") * 2).to(dtype)
+    for seed, seqlen_major in ((5, False), (None, True)):
+        x8, descale = quant._quantize(x, "head", seed, seqlen_major)
+        r8, rdescale = quant._quantize_torch(x, "head", seed, seqlen_major)
+        assert x8.stride() == r8.stride()
+        assert torch.allclose(descale, rdescale, rtol=1e-6, atol=0)
+        differ = x8.float() != r8.float()
+        assert differ.float().mean() <= (1e-3 if seed is not None else 0.0)

@@ -1,7 +1,9 @@
-"""Quantisation for the FP8 forward: the random Hadamard rotation and per-head e4m3 scaling, in PyTorch.
+"""Quantisation for the FP8 forward: the random Hadamard rotation and per-head e4m3 scaling.
 
-These run once per call on whole tensors (memory-bound elementwise work plus a D log D transform per row),
-so plain torch ops on the GPU are enough; the kernel that matters is the attention itself.
+fp16 / bf16 / fp32 inputs on the GPU (or the CPU under TRITON_INTERPRET=1) go through two Triton passes with the
+rotation fused in (`quant_kernels.py`); float64, and `_quantize_torch` in the tests, use the torch definition
+below: on an H200 (2026-12-01) those torch ops took 1.55 ms for Q, K, V at N = 16384 (5.7 ms with the
+rotation), half the attention's own 3.25 ms.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import NamedTuple
 import torch
 
 from ..._checks import check_bool, check_tensor
+from . import quant_kernels
 from .naive import E4M3_MAX, SCALE_EPS
 
 __all__ = ["FP8QKV", "hadamard_signs", "hadamard_rotate", "quantize_fp8", "quantize_qkv_fp8"]
@@ -88,7 +91,28 @@ def _check_input(name: str, x) -> None:
         raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
 
 
+def _fp8_output(x: torch.Tensor, seqlen_major: bool) -> torch.Tensor:
+    """An e4m3 (B, N, H, D) tensor: contiguous, or seqlen-major inside each (batch, head): (B, H, D, N) storage
+    with rows padded to 16 so the stride along D stays 16-byte aligned (vector loads) for any N. The P @ V
+    MMA of the FP8 kernel reads V K-major."""
+    B, n, h, d = x.shape
+    if not seqlen_major:
+        return torch.empty(x.shape, dtype=FP8, device=x.device)
+    buf = torch.empty((B, h, d, -(-n // 16) * 16), dtype=FP8, device=x.device)
+    return buf[..., :n].permute(0, 3, 1, 2)
+
+
 def _quantize(x: torch.Tensor, granularity: str, rotate_seed: int | None, seqlen_major: bool):
+    if not quant_kernels.kernel_supports(x, rotate_seed is not None):
+        return _quantize_torch(x, granularity, rotate_seed, seqlen_major)
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    out = _fp8_output(x, seqlen_major)
+    return out, quant_kernels.quantize(x, granularity, rotate_seed, out)
+
+
+def _quantize_torch(x: torch.Tensor, granularity: str, rotate_seed: int | None, seqlen_major: bool):
+    """The torch definition of `_quantize` (any dtype, any device): what the kernels compute."""
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
     xw = hadamard_rotate(x, rotate_seed) if rotate_seed is not None else x.to(work)
     amax = xw.abs().amax(dim=(1, 3))  # (B, H)
@@ -98,11 +122,7 @@ def _quantize(x: torch.Tensor, granularity: str, rotate_seed: int | None, seqlen
     # clamp: x / (amax / 448) can round a hair above 448, and e4m3fn has no inf: beyond 464 it would be NaN
     x8 = (xw / scale[:, None, :, None]).clamp_(-E4M3_MAX, E4M3_MAX).to(FP8)
     if seqlen_major:
-        B, n, h, d = x.shape
-        # each (b, h) slab stored (D, N): the P @ V MMA reads V K-major. Rows padded to 16 so the stride
-        # along D stays 16-byte aligned (vector loads) for any N.
-        buf = torch.empty((B, h, d, -(-n // 16) * 16), dtype=FP8, device=x.device)
-        view = buf[..., :n].permute(0, 3, 1, 2)
+        view = _fp8_output(x, True)
         view.copy_(x8)
         x8 = view
     return x8, scale.to(torch.float32).contiguous()

@@ -59,6 +59,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..._runtime import launch_fewer_stages
 from ..linear_attn import kernels as lin
 from ..linear_attn.kernels import _mm, _mm_operand, _pow2, _precision, _strides, state_dtype
 
@@ -78,10 +79,13 @@ NUM_WARPS_BWD = 8  # the backward holds x~ and the (64, D) accumulator in fp32: 
 # scales with the chunk (8 at 128 tokens), never 8 warps on 64 tokens (the "chained dots" of the module docstring).
 # Chosen from an offline sm_90 compile (ptxas -v, triton 3.9) at D = Dv = 128, m = 256, bf16, chunk 64: 248, 242
 # and 248 registers a thread, no spills, 2 CTAs per SM (docs/lowrank.md).
+# (BK, BV, warps, stages) at 64-token chunks. Stages from `scripts/gpu_lowrank.py --performer-sweep` (H200,
+# 2026-12-01, N = 16384, H = 64, D = 128, m = 256, bf16): 3 stages moved the output pass 2.87 -> 2.50 ms and
+# dq/dk 5.13 -> 3.97 ms (backward total) over 2 and 1: their feature loops wait on loads otherwise.
 CONFIGS = {
-    "favor_state_fwd": (64, 128, 4, 2),
-    "favor_output_fwd": (32, 128, 4, 2),
-    "favor_dqk": (16, 0, 4, 1),
+    "favor_state_fwd": (64, 128, 4, 3),
+    "favor_output_fwd": (32, 128, 4, 3),
+    "favor_dqk": (16, 0, 4, 3),
 }
 # Which of dq, dk one `_favor_dqk_kernel` program accumulates (causal). Each is a (BT, D) fp32 tile held across
 # the feature loop (64 registers a thread at D = 128, 4 warps per 64 tokens); ("qk",) shares dA and the loads of
@@ -604,6 +608,8 @@ def favor_bwd(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor, df: torch.Tenso
 def _fused_blocks(name: str, M: int, V: int, BT: int):
     bk, bv, warps, stages = CONFIGS[name]
     warps = max(4, warps * BT // 64)
+    if BT > 64:  # 128-token chunks double every tile: 3 stages of the state pass need 256-288 KB (sm_90 has 227)
+        stages = min(stages, 2)
     bk = min(bk, max(16, _pow2(M)))
     bv = max(16, _pow2(V)) if bv == 0 else min(bv, max(16, _pow2(V)))
     return bk, bv, warps, stages
@@ -642,7 +648,7 @@ def fused_fwd(q, k, v, proj, kind: int, causal: bool, eps: float, kernel_eps: fl
         ht = torch.empty(B * H, M, V, device=dev, dtype=torch.float32)
         zt = torch.empty(B * H, M, device=dev, dtype=torch.float32)
     BK, BV, warps, stages = _fused_blocks("favor_state_fwd", M, V, BT)
-    _favor_state_fwd_kernel[(triton.cdiv(M, BK) * triton.cdiv(V, BV), B * H)](
+    launch_fewer_stages(_favor_state_fwd_kernel, (triton.cdiv(M, BK) * triton.cdiv(V, BV), B * H),
         k, v, w_hi, w_lo, koff, h, z, ht, zt, fk, *_strides(k), *_strides(v), *_fstrides(fk), Tk, NCk, **scal,
         H=H, D=D, M=M, V=V, BT=BT, BD=BD, BK=BK, BV=BV, KIND=kind, STORE_ALL=causal, STORE_FINAL=not causal,
         SAVE=save_for_backward, SPLIT=SPLIT, X16=X16, F32=F32, PREC=PREC, num_warps=warps, num_stages=stages)
@@ -652,7 +658,7 @@ def fused_fwd(q, k, v, proj, kind: int, causal: bool, eps: float, kernel_eps: fl
     den = torch.empty(B * H, Tq, device=dev, dtype=torch.float32) if save_for_backward else dummy32
     NCq = triton.cdiv(Tq, BT)
     BK, BV, warps, stages = _fused_blocks("favor_output_fwd", M, V, BT)
-    _favor_output_fwd_kernel[(NCq * triton.cdiv(V, BV), B * H)](
+    launch_fewer_stages(_favor_output_fwd_kernel, (NCq * triton.cdiv(V, BV), B * H),
         q, k, v, w_hi, w_lo, koff, h, z, o, den, fq, fk,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_fstrides(fq), *_fstrides(fk), Tq, NCq, eps, **scal,
         H=H, D=D, M=M, V=V, BT=BT, BD=BD, BK=BK, BV=BV, KIND=kind, CAUSAL=causal, SAVE=save_for_backward,
@@ -688,10 +694,12 @@ def fused_bwd(do, q, k, v, o, w_chain, saved: dict, kind: int, causal: bool, ker
                   F32=F32, PREC=PREC, num_warps=warps, num_stages=stages)
     if causal:
         for group in DQK_GROUPS:
-            _favor_dqk_kernel[(NCq, B * H)](*args, Tq, NCq, 0.5 / D ** 0.5, kernel_eps,
-                                            DO_Q="q" in group, DO_K="k" in group, **common)
+            launch_fewer_stages(_favor_dqk_kernel, (NCq, B * H), *args, Tq, NCq, 0.5 / D ** 0.5, kernel_eps,
+                                DO_Q="q" in group, DO_K="k" in group, **common)
     else:  # the query side needs nothing of the keys' chunks and vice versa
-        _favor_dqk_kernel[(NCq, B * H)](*args, Tq, NCq, 0.5 / D ** 0.5, kernel_eps, DO_Q=True, DO_K=False, **common)
-        _favor_dqk_kernel[(NCk, B * H)](*args, Tk, NCk, 0.5 / D ** 0.5, kernel_eps, DO_Q=False, DO_K=True, **common)
+        launch_fewer_stages(_favor_dqk_kernel, (NCq, B * H), *args, Tq, NCq, 0.5 / D ** 0.5, kernel_eps,
+                            DO_Q=True, DO_K=False, **common)
+        launch_fewer_stages(_favor_dqk_kernel, (NCk, B * H), *args, Tk, NCk, 0.5 / D ** 0.5, kernel_eps,
+                            DO_Q=False, DO_K=True, **common)
     dv = lin.bwd_dv(fq, fk, do, den, dh, v.dtype, causal, True, lin.FEATURE_IDENTITY, BT)
     return dq, dk, dv
