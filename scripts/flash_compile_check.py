@@ -9,7 +9,12 @@ and 128), then `triton.compile`s each specialisation for sm_90 with the installe
 `git archive HEAD | tar -x -C DIR`): the op counts of their TTGIR and the instruction counts of their PTX
 (parameter loads and debug lines aside) must be equal, i.e. the mods cost nothing when they are off.
 
+--wgmma runs `ptxas -v` (sm_90a) on each kernel's PTX and prints its registers, spill bytes and whether ptxas
+serialised its wgmmas (note C7515 and kin: every wgmma then waits for the previous one; that cost the forward
+8% until the loop order was fixed, docs/hopper.md). --plain: no score mods, no window; --no-mods: windows kept.
+
     TRITON_INTERPRET= python scripts/flash_compile_check.py --jobs 2 [--against DIR] [--quick]
+    python scripts/flash_compile_check.py --quick --plain --wgmma [--all-configs]   # registers / spills / wgmma
     python scripts/flash_compile_check.py --write-launches --launches /tmp/flash.json   # then, in a venv with
     /tmp/t36/bin/python scripts/flash_compile_check.py --launches /tmp/flash.json     # another triton only
 """
