@@ -10,7 +10,7 @@ Here the cache is cut into `num_splits` chunks and each program owns one (batch,
     and each tile reads the split again.
   * The loop over the split's key blocks is the dense forward's `_fwd_inner`, unchanged: the stacked row
     r passes its query index i = r // group as the row position for the causal mask, so the element mask,
-    online softmax and block bookkeeping (`kv_block_bounds`) are shared, not copied.
+    online softmax, the block bookkeeping (`kv_ranges`) and the score mods are shared, not copied.
   * Each split writes its normalised partial output and its LSE; a second small kernel merges the splits
     with the LSE weights (out = sum_s exp(lse_s - lse) out_s). With one split the first kernel writes the
     final output directly and the merge is skipped.
@@ -28,10 +28,11 @@ import triton.language as tl
 
 from ..._checks import check_bool, check_same, check_scale, check_tensor
 from ..._runtime import check_kernel_device, interpreting
-from .common import LN2, LOG2E, kv_block_bounds
+from .common import LN2, LOG2E, kv_ranges
 from .configs import autotune_enabled
 from .forward import _fwd_inner, dot_precision
 from .interface import MAX_HEAD_DIM, SUPPORTED_DTYPES
+from .score_mods import ScoreMods, check_score_mods, resolve_window, score_mod_kwargs
 from .varlen import HostCheckCache
 
 __all__ = ["flash_decode", "choose_num_splits"]
@@ -50,7 +51,9 @@ def _decode_split_kernel(Q, K, V, SEQLENS, O_PART, LSE_PART, O, LSE,
                          n_q, num_kv_heads, group_size, num_splits, qk_scale, len_bucket,
                          CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_SPLIT: tl.constexpr,
-                         DOT_PRECISION: tl.constexpr):
+                         DOT_PRECISION: tl.constexpr,
+                         SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right,
+                         WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr):
     split = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_bkv = tl.program_id(2)
@@ -77,20 +80,35 @@ def _decode_split_kernel(Q, K, V, SEQLENS, O_PART, LSE_PART, O, LSE,
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
+    # ALiBi: the stacked rows belong to different heads, so the slope is a column, one per row
+    alibi_slope = 0.0
+    if ALIBI:
+        alibi_slope = tl.load(SLOPES + b * stride_slopes_b + h, mask=row_ok, other=0.0)[:, None]
+
     # Keys the tile's rows need, from its first query index (the most restricted row); the tile spans at
-    # most BLOCK_M query indices, so `hi` covers its last row too.
+    # most BLOCK_M query indices, so the ranges cover its last row too (the element masks sort out the rest).
     first_query = (pid_m * BLOCK_M) // group_size
-    full_hi, hi = kv_block_bounds(first_query, n_q, n_k, CAUSAL, BLOCK_M, BLOCK_N)
-    # This split's share of the sequence's keys, whole blocks; every split of a sequence gets equal work.
-    chunk = tl.cdiv(tl.cdiv(n_k, num_splits), BLOCK_N) * BLOCK_N
-    lo_s = split * chunk
+    lo, full_lo, full_hi, hi = kv_ranges(first_query, n_q, n_k, window_left, window_right, CAUSAL, WINDOW,
+                                         BLOCK_M, BLOCK_N)
+    # This split's share of those keys, whole blocks; every split of a sequence gets equal work.
+    chunk = tl.cdiv(tl.cdiv(hi - lo, num_splits), BLOCK_N) * BLOCK_N
+    lo_s = lo + split * chunk
     hi_s = tl.minimum(lo_s + chunk, hi)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, 1, qi, lo_s,
-                               tl.minimum(hi_s, full_hi), n_q, n_k, qk_scale,
-                               BLOCK_N, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION)
+    # window: masked run, unmasked bulk, masked run; without one lo = full_lo = 0 and the bulk comes first, as
+    # before windows existed (decode tiles are too short for wgmma: the order of the forward does not apply)
+    if WINDOW:
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, 1, qi, lo_s,
+                                   tl.minimum(hi_s, full_lo), n_q, n_k, qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True,
+                                   CAUSAL, DOT_PRECISION, window_left, window_right, softcap_log2, alibi_slope, BIAS,
+                                   WINDOW, SOFTCAP, ALIBI, REL_BIAS)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, 1, qi,
-                               tl.maximum(lo_s, full_hi), hi_s, n_q, n_k, qk_scale,
-                               BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION)
+                               tl.maximum(lo_s, full_lo), tl.minimum(hi_s, full_hi), n_q, n_k, qk_scale, BLOCK_N,
+                               BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION, window_left, window_right,
+                               softcap_log2, alibi_slope, BIAS, WINDOW, SOFTCAP, ALIBI, REL_BIAS)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, 1, qi,
+                               tl.maximum(lo_s, full_hi), hi_s, n_q, n_k, qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True,
+                               CAUSAL, DOT_PRECISION, window_left, window_right, softcap_log2, alibi_slope, BIAS,
+                               WINDOW, SOFTCAP, ALIBI, REL_BIAS)
 
     has_keys = l_i > 0.0
     l_safe = tl.where(has_keys, l_i, 1.0)
@@ -168,7 +186,7 @@ def _prune_decode(configs_list, named_args, **kwargs):
 
 _decode_autotuned = None if interpreting() else triton.autotune(
     configs=[triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s) for bn, w, s in _DECODE_CONFIGS],
-    key=["len_bucket", "HEAD_DIM", "BLOCK_M", "CAUSAL", "SINGLE_SPLIT", "DOT_PRECISION"],
+    key=["len_bucket", "HEAD_DIM", "BLOCK_M", "CAUSAL", "SINGLE_SPLIT", "DOT_PRECISION", "WINDOW", "SOFTCAP", "ALIBI"],
     prune_configs_by={"early_config_prune": _prune_decode})(_decode_split_kernel)
 
 
@@ -215,9 +233,10 @@ def _bucket(n: int) -> int:
     return min(1 << max(n - 1, 1).bit_length(), 1 << 17)
 
 
-def decode_fwd(q, k_cache, v_cache, cache_seqlens, causal: bool, softmax_scale: float, num_splits: int):
+def decode_fwd(q, k_cache, v_cache, cache_seqlens, causal: bool, softmax_scale: float, num_splits: int,
+               mods: ScoreMods | None = None):
     """Inputs validated, last dim contiguous. Returns O (B, Nq, Hq, D) like q and the log2-domain LSE
-    (B, Hq, Nq) float32 (-inf on rows that see no key)."""
+    (B, Hq, Nq) float32 (-inf on rows that see no key). mods: window, ALiBi, softcap (no rel_bias)."""
     B, n_q, n_heads, head_dim = q.shape
     max_len, n_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = n_heads // n_kv_heads
@@ -240,7 +259,7 @@ def decode_fwd(q, k_cache, v_cache, cache_seqlens, causal: bool, softmax_scale: 
             o.stride(0), o.stride(1), o.stride(2),
             n_q, n_kv_heads, group, num_splits, softmax_scale * LOG2E, _bucket(triton.cdiv(max_len, num_splits)))
     meta = dict(CAUSAL=causal, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, SINGLE_SPLIT=single,
-                DOT_PRECISION=dot_precision(q.dtype))
+                DOT_PRECISION=dot_precision(q.dtype), **score_mod_kwargs(mods, q.device))
     grid = (num_splits, m_tiles, B * n_kv_heads)
     if _decode_autotuned is None or not autotune_enabled():
         _decode_split_kernel[grid](*args, **meta, **_fixed_decode_config(head_dim))
@@ -256,7 +275,8 @@ def decode_fwd(q, k_cache, v_cache, cache_seqlens, causal: bool, softmax_scale: 
 
 def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
                  softmax_scale: float | None = None, num_splits: int | None = None, return_lse: bool = False,
-                 causal: bool = True):
+                 causal: bool = True, window: tuple[int, int] | None = None,
+                 alibi_slopes: torch.Tensor | None = None, softcap: float | None = None):
     """Attention of a few new query tokens over a long KV cache, split across programs (flash-decoding).
 
     Args:
@@ -274,6 +294,12 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
             no key).
         causal: default True: query i (of Nq) sees key j iff j <= i + cache_seqlens[b] - Nq (bottom-right,
             flash_attn). False: every query sees the whole valid cache.
+        window: (left, right) sliding window as in `flash_attention` (flash_attn's `window_size`, -1 =
+            unbounded): query i sees key j iff i + L - Nq - left <= j <= i + L - Nq + right with
+            L = cache_seqlens[b]; with causal=True right must be 0 or -1. Key blocks outside it are not read,
+            so a windowed decode step reads O(window) of the cache.
+        alibi_slopes: (Hq,) or (B, Hq) float32: adds -slope * |i + L - Nq - j| to the scaled scores.
+        softcap: > 0: scaled scores s become softcap * tanh(s / softcap) (Gemma-2); None / 0 = off.
 
     Rows that see no key (cache_seqlens[b] = 0, or causal with cache_seqlens[b] < Nq) give zeros. Any
     strides on q and the caches (a last dim that is not contiguous is copied once: avoid that for a
@@ -297,6 +323,8 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     check_bool("return_lse", return_lse)
     softmax_scale = check_scale("softmax_scale", softmax_scale)
     B, n_q, n_heads, head_dim = q.shape
+    mods = check_score_mods(alibi_slopes, softcap, None, batch=B, n_heads=n_heads, n_q=None, n_k=None,
+                            device=q.device)
     if k_cache.shape != v_cache.shape:
         raise ValueError(f"k_cache and v_cache must have the same shape {layout_kv}, got {tuple(k_cache.shape)} "
                          f"and {tuple(v_cache.shape)}")
@@ -310,6 +338,8 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     if not 1 <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"head_dim must be in [1, {MAX_HEAD_DIM}], got {head_dim}")
     max_len, n_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    causal, kernel_window = resolve_window(window, causal, max_len + n_q)
+    mods = ScoreMods(alibi_slopes=mods.alibi_slopes, softcap=mods.softcap, window=kernel_window)
     if B < 1 or max_len < 1:
         raise ValueError(f"batch and max_cache_len must be >= 1, got batch {B}, max_cache_len {max_len}")
     if n_heads < 1 or n_kv_heads < 1 or n_heads % n_kv_heads != 0:
@@ -348,7 +378,7 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
         m_tiles = -(-n_rows // min(MAX_ROWS_PER_TILE, max(16, triton.next_power_of_2(n_rows))))
         num_splits = choose_num_splits(B * n_kv_heads * m_tiles, max(hi, 1), _sm_count(q.device))
     q, k_cache, v_cache = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k_cache, v_cache))
-    out, lse2 = decode_fwd(q, k_cache, v_cache, cache_seqlens, causal, softmax_scale, num_splits)
+    out, lse2 = decode_fwd(q, k_cache, v_cache, cache_seqlens, causal, softmax_scale, num_splits, mods)
     if not return_lse:
         return out
     return out, lse2 * LN2  # -inf stays -inf
