@@ -10,7 +10,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="small grid: N in {1024, 4096}")
     p.add_argument("--providers", default="all",
                    help="comma list from hwattn,sdpa_cudnn,sdpa_flash,sdpa_efficient,flex,naive (default all), or "
-                        "hwattn_split / hwattn_fused (our backward forced to two launches / one, for comparison)")
+                        "hwattn_split / hwattn_fused (our backward forced to two launches / one, for comparison), "
+                        "hwattn_persistent (the forward on the persistent tile schedule)")
     p.add_argument("--d", default="64,128", help="head dims (default 64,128)")
     p.add_argument("--n", default=None, help="sequence lengths, comma list (default 512..16384)")
     p.add_argument("--causal", choices=["both", "yes", "no"], default="both")

@@ -215,6 +215,41 @@ def _qkv(shape_q=(1, 8, 2, 16), shape_kv=(1, 8, 2, 16), dtype=torch.float16):
     return torch.randn(shape_q).to(dtype), torch.randn(shape_kv).to(dtype), torch.randn(shape_kv).to(dtype)
 
 
+@pytest.mark.parametrize("n_q,n_k,group,causal,dtype", [
+    (100, 100, 2, True, torch.float32), (33, 70, 1, True, torch.float16), (70, 33, 4, True, torch.float32),
+    (70, 33, 2, False, torch.float16), (1, 17, 1, True, torch.float32), (257, 64, 2, False, torch.float32)])
+def test_persistent_schedule_matches_float64(monkeypatch, n_q, n_k, group, causal, dtype):
+    """HWATTN_FWD_SCHEDULE=persistent: 3 programs (under the interpreter) walk every (query block, head) tile,
+    longest-first when causal; outputs, LSE and gradients as with the one-program-per-tile grid, rows past the
+    diagonal (Nq > Nk, causal) included."""
+    monkeypatch.setenv("HWATTN_FWD_SCHEDULE", "persistent")
+    q, k, v = _inputs(2, n_q, n_k, 2, group, 32, dtype)
+    out, _ = _check_against_reference(q, k, v, causal)
+    monkeypatch.setenv("HWATTN_FWD_SCHEDULE", "grid")
+    assert torch.equal(out, hwattn.flash_attention(q, k, v, causal=causal)), "same tiles, same sums: bit-equal"
+
+
+def test_persistent_schedule_with_window_block_mask_and_mods(monkeypatch):
+    monkeypatch.setenv("HWATTN_FWD_SCHEDULE", "persistent")
+    from hwattn import masks
+    q, k, v = (x.detach() for x in _inputs(1, 90, 90, 2, 2, 32, torch.float32))
+    slopes = torch.rand(4) * 0.3
+    got = [hwattn.flash_attention(q, k, v, causal=True, window=(20, 0), alibi_slopes=slopes, softcap=3.0),
+           hwattn.flash_attention(q, k, v, block_mask=masks.create_block_mask(masks.causal(), None, None, 90, 90, device="cpu"))]
+    monkeypatch.setenv("HWATTN_FWD_SCHEDULE", "grid")
+    want = [hwattn.flash_attention(q, k, v, causal=True, window=(20, 0), alibi_slopes=slopes, softcap=3.0),
+            hwattn.flash_attention(q, k, v, block_mask=masks.create_block_mask(masks.causal(), None, None, 90, 90, device="cpu"))]
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+def test_bad_forward_schedule_is_refused(monkeypatch):
+    monkeypatch.setenv("HWATTN_FWD_SCHEDULE", "persistant")
+    q, k, v = _inputs(1, 8, 8, 1, 1, 16, torch.float32)
+    with pytest.raises(ValueError, match="HWATTN_FWD_SCHEDULE"):
+        hwattn.flash_attention(q, k, v)
+
+
 @pytest.mark.parametrize("make,exc,words", [
     (lambda: (torch.randn(8, 2, 16).half(),) + _qkv()[1:], ValueError, ["q", "4 dimensions"]),
     (lambda: (_qkv()[0], torch.randn(1, 8, 2, 16).half(), torch.randn(1, 9, 2, 16).half()), ValueError, ["same shape"]),

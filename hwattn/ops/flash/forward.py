@@ -3,6 +3,8 @@
 One program owns a block of BLOCK_M query rows of one head; Q stays in registers while K/V blocks
 stream through, so HBM sees Q, K, V once per query block and O once: O(N) memory, no N x N scores.
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -154,30 +156,20 @@ def _fwd_dense(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, stride_vd
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, O, LSE, DESCALE_Q, DESCALE_K, DESCALE_V,
-                stride_qb, stride_qm, stride_qh,
-                stride_kb, stride_kn, stride_kh,
-                stride_vb, stride_vn, stride_vh, stride_vd,
-                stride_ob, stride_om, stride_oh,
-                n_q, n_k, num_heads, group_size, qk_scale, seq_bucket,
-                FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_rows, n_mask_cols,
-                CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr,
-                HAS_DESCALE: tl.constexpr,
-                SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right,
-                WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr):
-    tl.static_assert(BLOCK_D >= HEAD_DIM)
-    if HAS_MASK:
-        # tiles walk the block mask in whole sub-blocks
-        tl.static_assert((MASK_BLOCK_M % BLOCK_M == 0) and (MASK_BLOCK_N % BLOCK_N == 0))
-    num_m_blocks = tl.cdiv(n_q, BLOCK_M)
-    if CAUSAL:
-        # the last query blocks see the most keys: launch them first so the tail of the grid is short
-        pid_m = num_m_blocks - 1 - tl.program_id(0)
-    else:
-        pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+def _fwd_tile(pid_m, pid_bh, Q, K, V, O, LSE, DESCALE_Q, DESCALE_K, DESCALE_V,
+              stride_qb, stride_qm, stride_qh,
+              stride_kb, stride_kn, stride_kh,
+              stride_vb, stride_vn, stride_vh, stride_vd,
+              stride_ob, stride_om, stride_oh,
+              n_q, n_k, num_heads, group_size, qk_scale, seq_bucket,
+              FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_rows, n_mask_cols,
+              CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+              HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr,
+              HAS_DESCALE: tl.constexpr,
+              SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right,
+              WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr):
+    """Query block pid_m of (batch, head) pid_bh = b * num_heads + h: the whole forward of one tile."""
     b = pid_bh // num_heads
     h = pid_bh % num_heads
     h_kv = h // group_size  # GQA: the group's queries read the same K/V head, never repeated in memory
@@ -242,12 +234,88 @@ def _fwd_kernel(Q, K, V, O, LSE, DESCALE_Q, DESCALE_K, DESCALE_V,
              mask=row_ok[:, None] & d_ok[None, :])
 
 
+@triton.jit
+def _fwd_kernel(Q, K, V, O, LSE, DESCALE_Q, DESCALE_K, DESCALE_V,
+                stride_qb, stride_qm, stride_qh,
+                stride_kb, stride_kn, stride_kh,
+                stride_vb, stride_vn, stride_vh, stride_vd,
+                stride_ob, stride_om, stride_oh,
+                n_q, n_k, num_heads, group_size, qk_scale, seq_bucket, n_bh,
+                FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_rows, n_mask_cols,
+                CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr,
+                HAS_DESCALE: tl.constexpr,
+                SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right,
+                WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,
+                PERSISTENT: tl.constexpr = False):
+    """One query block per program (grid (query blocks, B * Hq)), or PERSISTENT: a grid of about the GPU's
+    resident programs, each walking tiles t = program, program + P, ...; tile t is query block rank t // n_bh
+    of (batch, head) t % n_bh, ranked longest-first when causal, so the long tiles start first everywhere and
+    the short ones fill the tail (FA3's causal-aware schedule)."""
+    tl.static_assert(BLOCK_D >= HEAD_DIM)
+    if HAS_MASK:
+        # tiles walk the block mask in whole sub-blocks
+        tl.static_assert((MASK_BLOCK_M % BLOCK_M == 0) and (MASK_BLOCK_N % BLOCK_N == 0))
+    num_m_blocks = tl.cdiv(n_q, BLOCK_M)
+    if PERSISTENT:
+        for t in range(tl.program_id(0), num_m_blocks * n_bh, tl.num_programs(0)):
+            rank = t // n_bh
+            if CAUSAL:
+                pid_m = num_m_blocks - 1 - rank
+            else:
+                pid_m = rank
+            pid_bh = t % n_bh
+            _fwd_tile(pid_m, pid_bh, Q, K, V, O, LSE, DESCALE_Q, DESCALE_K, DESCALE_V, stride_qb, stride_qm,
+                      stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_vd,
+                      stride_ob, stride_om, stride_oh, n_q, n_k, num_heads, group_size, qk_scale, seq_bucket,
+                      FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_rows,
+                      n_mask_cols, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, DOT_PRECISION, HAS_MASK, MASK_BLOCK_M,
+                      MASK_BLOCK_N, HAS_DESCALE, SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h,
+                      window_left, window_right, WINDOW, SOFTCAP, ALIBI, REL_BIAS)
+    else:
+        if CAUSAL:
+            # the last query blocks see the most keys: launch them first so the tail of the grid is short
+            pid_m = num_m_blocks - 1 - tl.program_id(0)
+        else:
+            pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        _fwd_tile(pid_m, pid_bh, Q, K, V, O, LSE, DESCALE_Q, DESCALE_K, DESCALE_V, stride_qb, stride_qm, stride_qh,
+                  stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_vd, stride_ob, stride_om,
+                  stride_oh, n_q, n_k, num_heads, group_size, qk_scale, seq_bucket, FULL_NUM, FULL_IDX, PART_NUM,
+                  PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_rows, n_mask_cols, CAUSAL, HEAD_DIM, BLOCK_D,
+                  BLOCK_M, BLOCK_N, DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N, HAS_DESCALE, SLOPES,
+                  stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, WINDOW, SOFTCAP,
+                  ALIBI, REL_BIAS)
+
+
 _fwd_autotuned = None if interpreting() else autotuned(_fwd_kernel, fwd_configs)
 
 
 def dot_precision(dtype: torch.dtype) -> str:
     # fp32 inputs get true fp32 products: tf32 would miss the 1e-5 bound
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def forward_schedule() -> str:
+    """HWATTN_FWD_SCHEDULE: "grid" (default: one program per query block, causal longest-first) or
+    "persistent" (about as many programs as the GPU holds at once, each walking tiles longest-first:
+    `_fwd_kernel`). The persistent schedule is built and tested but not yet timed on a GPU, so it is opt-in."""
+    mode = os.environ.get("HWATTN_FWD_SCHEDULE", "grid")
+    if mode not in ("grid", "persistent"):
+        raise ValueError(f"HWATTN_FWD_SCHEDULE must be 'grid' or 'persistent', got {mode!r}")
+    return mode
+
+
+def _resident_programs(device, cfg) -> int:
+    """How many forward programs to launch for the persistent schedule: the SMs times the programs one SM
+    holds (one for 8 warps at 128x128 tiles with 3 stages, ~229 KB of shared memory; two for smaller tiles).
+    The interpreter: 3, so that programs loop over several tiles."""
+    if device.type != "cuda":
+        return 3
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    big = cfg.get("BLOCK_M", 64) * cfg.get("BLOCK_N", 64) >= 128 * 128 or cfg.get("num_warps", 4) >= 8
+    return sms * (1 if big else 2)
 
 
 def seq_bucket(n: int) -> int:
@@ -277,13 +345,17 @@ def flash_fwd(q, k, v, causal: bool, softmax_scale: float, block_mask=None, desc
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), v.stride(3),
             o.stride(0), o.stride(1), o.stride(2),
-            n_q, n_k, n_heads, n_heads // n_kv_heads, softmax_scale * LOG2E, seq_bucket(max(n_q, n_k)))
+            n_q, n_k, n_heads, n_heads // n_kv_heads, softmax_scale * LOG2E, seq_bucket(max(n_q, n_k)), B * n_heads)
     mask_args, mask_meta = kernel_args(block_mask, q.device)
     args = args + mask_args
+    persistent = forward_schedule() == "persistent"
     meta = dict(CAUSAL=causal, HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype), **mask_meta,
-                HAS_DESCALE=descale is not None, **score_mod_kwargs(mods, q.device))
+                HAS_DESCALE=descale is not None, **score_mod_kwargs(mods, q.device), PERSISTENT=persistent)
 
     def grid(cfg):
+        tiles = triton.cdiv(n_q, cfg["BLOCK_M"]) * B * n_heads
+        if persistent:
+            return (min(tiles, _resident_programs(q.device, cfg)), 1)
         return (triton.cdiv(n_q, cfg["BLOCK_M"]), B * n_heads)
 
     if _fwd_autotuned is None or not autotune_enabled():
