@@ -125,25 +125,28 @@ def test_fully_masked_rows_give_zeros_and_zero_grads():
 @pytest.mark.parametrize("dtype,scale", [(torch.float16, 12.0), (torch.float32, 6.0)])
 def test_large_logits_do_not_overflow(dtype, scale):
     """Scores of std ~scale^2 (max ~600 in fp16, ~150 in fp32): exp overflows without the running max.
-    fp32 meets its bound everywhere. In fp16 the output does; the gradients of so peaked a softmax are
-    ill-conditioned (delta = rowsum(dO * O) is computed from the fp16-rounded O, as in FlashAttention-2),
-    so they must stay finite and within 2x of the five steps computed in fp16 (in practice ~10x better)."""
+    The output meets its dtype's bound. The gradients of so peaked a softmax are ill-conditioned: in fp32 the
+    five steps in fp32 themselves land at 3-7e-6 of float64 (12 seeds), ours at 4-7e-6, so now and then either
+    passes 1e-5; the gradient bound is therefore 1e-5 or 2x the fp32 five steps' error, whichever is larger (the
+    project's second rule). In fp16 delta = rowsum(dO * O) comes from the fp16-rounded O (as in
+    FlashAttention-2): gradients must stay finite and within 2x of the five steps computed in fp16 (in practice
+    ~10x better)."""
     q, k, v = _inputs(1, 70, 70, 2, 1, 64, dtype, scale=scale)
-    if dtype == torch.float32:
-        _check_against_reference(q, k, v, causal=True)
-        return
-    out = hwattn.flash_attention(q, k, v, causal=True)
+    out, lse = hwattn.flash_attention(q, k, v, causal=True, return_lse=True)
     do = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), do)
     x64 = [x.detach().double().requires_grad_() for x in (q, k, v)]
-    ref = reference(*x64, causal=True)
+    ref, ref_lse = reference(*x64, causal=True, return_lse=True)
     ref_grads = torch.autograd.grad(ref, x64, do.double())
-    x16 = [x.detach().requires_grad_() for x in (q, k, v)]
-    naive_grads = torch.autograd.grad(reference(*x16, causal=True), x16, do)
+    x_same = [x.detach().requires_grad_() for x in (q, k, v)]  # the five steps in the inputs' dtype
+    naive_grads = torch.autograd.grad(reference(*x_same, causal=True), x_same, do)
     assert_rel_close("out", out, ref, dtype)
+    assert_rel_close("lse", lse, ref_lse, dtype, 1e-5)
+    floor = TOLERANCE[dtype] if dtype == torch.float32 else 0.0
     for name, got, want, theirs in zip(("dq", "dk", "dv"), grads, ref_grads, naive_grads):
         ours_err, naive_err = rel_err(got, want), rel_err(theirs, want)
-        assert ours_err <= 2 * naive_err, f"{name}: {ours_err:.2e} vs fp16 five steps {naive_err:.2e}"
+        assert torch.isfinite(got).all(), name
+        assert ours_err <= max(floor, 2 * naive_err), f"{name}: {ours_err:.2e} vs five steps in {dtype} {naive_err:.2e}"
 
 
 def test_custom_softmax_scale_fp32():
