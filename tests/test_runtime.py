@@ -34,3 +34,24 @@ def test_gives_up_at_one_stage():
     with pytest.raises(OutOfResources):
         launch_fewer_stages(k, (1,), num_stages=2)
     assert [c[2] for c in k.calls] == [2, 1]
+
+
+def test_launch_fixed_drops_stages_then_halves_the_key_block():
+    """configs.launch_fixed: stages down to one (launch_fewer_stages), then half BLOCK_N with 2 stages."""
+    from hwattn.ops.flash.configs import launch_fixed
+
+    class Kernel:
+        def __init__(self):
+            self.calls = []
+
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                self.calls.append((kw["BLOCK_N"], kw["num_stages"], grid))
+                if kw["BLOCK_N"] > 64:
+                    raise OutOfResources(300_000, 232_448, "shared memory")
+            return launch
+
+    k = Kernel()
+    launch_fixed(k, lambda cfg: (cfg["BLOCK_N"],), ("x",), {"CAUSAL": True},
+                 {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3})
+    assert k.calls == [(128, 3, (128,)), (128, 2, (128,)), (128, 1, (128,)), (64, 2, (64,))]

@@ -111,21 +111,17 @@ def test_rows_without_keys_give_zeros_and_minus_inf_lse():
     assert torch.all(lse[:, empty] == float("-inf")) and torch.isfinite(lse[:, ~empty]).all()
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_matches_dense_kernel_per_sequence(causal):
-    """Same inner loops, same blocks: each packed sequence gives what a dense call on it alone gives
-    (bit for bit under the interpreter, where both use the fixed blocks)."""
-    lq, lk = ([3, 40, 17, 1], [3, 40, 17, 1]) if not causal else ([3, 40, 17, 1], [9, 33, 17, 20])
-    q, k, v = _inputs(lq, lk, 1, 2, 32, torch.float16)
-    cq, ck = _cu(lq), _cu(lk)
-    out = flash_attention_varlen(q, k, v, cq, ck, max(lq), max(lk), causal=causal)
+def _assert_matches_dense_per_sequence(q, k, v, cq, ck, out, dense_kwargs):
+    """out (and its q, k, v gradients for a random dO) equals, sequence by sequence, a dense flash_attention call
+    on that sequence alone with dense_kwargs(b): bit for bit under the interpreter (same fixed blocks), within
+    1e-3 on the GPU."""
     do = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), do)
     pieces = {"out": [], "dq": [], "dk": [], "dv": []}
-    for b in range(len(lq)):
+    for b in range(cq.numel() - 1):
         sq, sk = slice(int(cq[b]), int(cq[b + 1])), slice(int(ck[b]), int(ck[b + 1]))
         qs, ks, vs = (x.detach()[s][None].requires_grad_() for x, s in ((q, sq), (k, sk), (v, sk)))
-        o = flash_attention(qs, ks, vs, causal=causal)
+        o = flash_attention(qs, ks, vs, **dense_kwargs(b))
         g = torch.autograd.grad(o, (qs, ks, vs), do[sq][None])
         for name, t in zip(pieces, (o, *g)):
             pieces[name].append(t[0])
@@ -135,6 +131,17 @@ def test_matches_dense_kernel_per_sequence(causal):
             assert torch.equal(got, want), f"{name} differs from the dense kernel"
         else:
             assert_rel_close(name, got, want, torch.float16, 1e-3)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_matches_dense_kernel_per_sequence(causal):
+    """Same inner loops, same blocks: each packed sequence gives what a dense call on it alone gives
+    (bit for bit under the interpreter, where both use the fixed blocks)."""
+    lq, lk = ([3, 40, 17, 1], [3, 40, 17, 1]) if not causal else ([3, 40, 17, 1], [9, 33, 17, 20])
+    q, k, v = _inputs(lq, lk, 1, 2, 32, torch.float16)
+    cq, ck = _cu(lq), _cu(lk)
+    out = flash_attention_varlen(q, k, v, cq, ck, max(lq), max(lk), causal=causal)
+    _assert_matches_dense_per_sequence(q, k, v, cq, ck, out, lambda b: dict(causal=causal))
 
 
 # (lengths, window, causal, dtype, mods): bounded on either side, with causal, with ALiBi and softcap
@@ -172,22 +179,7 @@ def test_window_and_mods_match_dense_kernel_per_sequence():
     slopes = torch.rand(len(lq), 2)
     mods = dict(window=(6, 2), softcap=3.0)
     out = flash_attention_varlen(q, k, v, cq, ck, max(lq), max(lk), alibi_slopes=slopes, **mods)
-    do = torch.randn_like(out)
-    grads = torch.autograd.grad(out, (q, k, v), do)
-    pieces = {"out": [], "dq": [], "dk": [], "dv": []}
-    for b in range(len(lq)):
-        sq, sk = slice(int(cq[b]), int(cq[b + 1])), slice(int(ck[b]), int(ck[b + 1]))
-        qs, ks, vs = (x.detach()[s][None].requires_grad_() for x, s in ((q, sq), (k, sk), (v, sk)))
-        o = flash_attention(qs, ks, vs, alibi_slopes=slopes[b], **mods)
-        g = torch.autograd.grad(o, (qs, ks, vs), do[sq][None])
-        for name, t in zip(pieces, (o, *g)):
-            pieces[name].append(t[0])
-    for name, got in zip(pieces, (out, *grads)):
-        want = torch.cat(pieces[name])
-        if interpreting():
-            assert torch.equal(got, want), f"{name} differs from the dense kernel"
-        else:
-            assert_rel_close(name, got, want, torch.float16, 1e-3)
+    _assert_matches_dense_per_sequence(q, k, v, cq, ck, out, lambda b: dict(alibi_slopes=slopes[b], **mods))
 
 
 def test_strided_views_and_custom_scale():

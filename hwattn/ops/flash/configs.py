@@ -5,7 +5,7 @@ import os
 
 import triton
 
-from ..._runtime import interpreting
+from ..._runtime import interpreting, launch_fewer_stages
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). Short lists on purpose: each entry is one more compile per
 # (head_dim, causal, dtype) and one more timing per shape bucket.
@@ -140,12 +140,9 @@ def launch_fixed(kernel, grid_of, args, meta, cfg: dict) -> None:
     cfg = dict(cfg)
     while True:
         try:
-            kernel[grid_of(cfg)](*args, **meta, **cfg)
+            launch_fewer_stages(kernel, grid_of(cfg), *args, **meta, **cfg)  # down to one stage first
             return
         except OutOfResources:
-            if cfg.get("num_stages", 1) > 1:
-                cfg["num_stages"] -= 1
-                continue
             n_keys = [k for k in ("BLOCK_N", "BLOCK_N1", "BLOCK_N2") if cfg.get(k, 0) > 16]
             if not n_keys:
                 raise
