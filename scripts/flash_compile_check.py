@@ -129,6 +129,12 @@ def enumerate_launches(root, plain_only=False, quick=False, dtype_names=None):
             bm = block_mask if masked else None
             o, lse = forward.flash_fwd(q, k, v, causal, 0.1, bm, **extra)
             backward.flash_bwd(torch.empty_like(o), q, k, v, o, lse, causal, 0.1, bm, **extra)
+            if "atomic" in getattr(backward, "BACKWARD_SCHEDULES", ()):  # the opt-in atomic-dQ schedule too
+                os.environ["HWATTN_BWD"] = "atomic"
+                try:
+                    backward.flash_bwd(torch.empty_like(o), q, k, v, o, lse, causal, 0.1, bm, **extra)
+                finally:
+                    os.environ.pop("HWATTN_BWD")
             if masked or "rel_bias" in names:
                 continue
             cu = torch.empty(3, device=meta, dtype=torch.int32)

@@ -624,6 +624,8 @@ def section_sweep(budget_end):
     from hwattn.ops.linear_attn import kernels, linear_attention
     q, k, v = make_inputs(S(ONE_N), DTYPE)
     fn = lambda a, b, c: linear_attention(a, b, c, causal=True, feature_map=None)  # noqa: E731
+    # forward kernels are judged on the normalised plus the unnormalised forward (both are compared with fla)
+    plain = lambda a, b, c: linear_attention(a, b, c, causal=True, feature_map=None, normalize=False)  # noqa: E731
     for name, cfgs in SWEEP_CANDIDATES.items():
         best = None
         default = kernels.CONFIGS[name]
@@ -639,9 +641,13 @@ def section_sweep(budget_end):
             except Exception as e:  # noqa: BLE001  e.g. out of shared memory for a big tile
                 log(f"sweep {name} {cfg}: {type(e).__name__}: {str(e)[:120]}")
                 continue
-            t = f if name.endswith("fwd") else b
+            t = b
+            if name.endswith("fwd"):
+                f_plain = bench(lambda: plain(q, k, v), 25)
+                t = f + f_plain
             ROWS.append({"section": "sweep", "case": name, "note": str(cfg), "fwd_ms": f, "bwd_ms": b})
-            log(f"sweep {name:10s} {str(cfg):18s} fwd {f:7.3f} ms  bwd {b:7.3f} ms")
+            log(f"sweep {name:10s} {str(cfg):18s} fwd {f:7.3f} ms  bwd {b:7.3f} ms"
+                + (f"  fwd unnormalised {f_plain:7.3f} ms" if name.endswith("fwd") else ""))
             if best is None or t < best[0]:
                 best = (t, cfg)
         kernels.CONFIGS[name] = default if best is None else best[1]

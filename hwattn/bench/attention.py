@@ -13,7 +13,7 @@ from .memory import peak_extra_bytes
 from .providers import PROVIDERS
 
 ALL_PROVIDERS = ["hwattn", "sdpa_cudnn", "sdpa_flash", "sdpa_efficient", "flex", "naive"]
-EXTRA_PROVIDERS = ["hwattn_split", "hwattn_fused", "hwattn_persistent"]  # valid for --providers, not part of "all"
+EXTRA_PROVIDERS = ["hwattn_split", "hwattn_fused", "hwattn_persistent", "hwattn_atomic"]  # valid for --providers, not part of "all"
 NAIVE_MAX_BYTES = 24 * 2**30  # the naive provider materialises S and P; skip it where they would not fit
 
 
@@ -135,6 +135,21 @@ def run_one(provider: str, cfg: Config, device, dtype, modes=("fwd", "bwd")) -> 
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return res
+
+
+def best_of(a: Result, b: Result) -> Result:
+    """Two timing rounds of one provider and config merged: the faster median of each mode (clock and
+    ordering noise only ever slows a run down); an error stands only if no round succeeded."""
+    out = Result(**asdict(a))
+    for mode in ("fwd", "bwd"):
+        if not getattr(a, f"{mode}_ms") <= getattr(b, f"{mode}_ms"):  # also when a's is NaN
+            if not math.isnan(getattr(b, f"{mode}_ms")):
+                setattr(out, f"{mode}_ms", getattr(b, f"{mode}_ms"))
+                setattr(out, f"{mode}_tflops", getattr(b, f"{mode}_tflops"))
+    if math.isnan(out.peak_mem_mb):
+        out.peak_mem_mb = b.peak_mem_mb
+    out.error = a.error if (a.error and b.error) else ""
+    return out
 
 
 def write_csv(results, path):

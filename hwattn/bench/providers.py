@@ -30,9 +30,15 @@ def _hwattn_persistent(q, k, v, causal):
     return _hwattn(q, k, v, causal)
 
 
+def _hwattn_atomic(q, k, v, causal):
+    return _hwattn(q, k, v, causal)
+
+
 # the backward forced to two launches (dK/dV, then dQ) or to one, whatever HWATTN_BWD=auto would pick
 _hwattn_split.env = {"HWATTN_BWD": "split"}
 _hwattn_fused.env = {"HWATTN_BWD": "fused"}
+# the backward as one dK/dV launch that adds dQ with fp32 atomics (not deterministic; backward.backward_schedule)
+_hwattn_atomic.env = {"HWATTN_BWD": "atomic"}
 # the forward on the persistent, longest-first tile schedule (opt-in until timed: forward.forward_schedule)
 _hwattn_persistent.env = {"HWATTN_FWD_SCHEDULE": "persistent"}
 
@@ -90,6 +96,7 @@ PROVIDERS = {
     "hwattn_split": _hwattn_split,
     "hwattn_fused": _hwattn_fused,
     "hwattn_persistent": _hwattn_persistent,
+    "hwattn_atomic": _hwattn_atomic,
     "sdpa_cudnn": _sdpa("CUDNN_ATTENTION"),
     "sdpa_flash": _sdpa("FLASH_ATTENTION"),
     "sdpa_efficient": _sdpa("EFFICIENT_ATTENTION"),

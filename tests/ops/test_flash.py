@@ -253,6 +253,71 @@ def test_bad_forward_schedule_is_refused(monkeypatch):
         hwattn.flash_attention(q, k, v)
 
 
+@pytest.mark.parametrize("n_q,n_k,group,causal,dtype", [
+    (100, 100, 2, True, torch.float32), (33, 70, 1, True, torch.float16), (70, 33, 4, True, torch.float32),
+    (70, 33, 2, False, torch.float16), (1, 17, 1, True, torch.float32), (257, 64, 2, False, torch.float16)])
+def test_atomic_backward_matches_float64(monkeypatch, n_q, n_k, group, causal, dtype):
+    """HWATTN_BWD=atomic: the dK/dV programs also add dQ with fp32 atomics (no dQ pass); against float64,
+    rows past the diagonal (Nq > Nk, causal) and a query block cut by Nq included."""
+    monkeypatch.setenv("HWATTN_BWD", "atomic")
+    q, k, v = _inputs(2, n_q, n_k, 2, group, 32, dtype)
+    _check_against_reference(q, k, v, causal)
+
+
+def _grads(q, k, v, **kw):
+    out = hwattn.flash_attention(q, k, v, **kw)
+    return torch.autograd.grad(out, (q, k, v) + ((kw["rel_bias"],) if "rel_bias" in kw else ()),
+                               torch.ones_like(out))
+
+
+@pytest.mark.parametrize("case", ["window_mods", "block_mask"])
+def test_atomic_backward_with_window_block_mask_and_mods(monkeypatch, case):
+    """The atomic dQ rides the same dK/dV step in the dense, windowed and block-sparse walks: dK/dV bit-equal
+    to the split backward's (same programs, same tiles), dQ equal up to fp32 summation order."""
+    from hwattn import masks
+    q, k, v = _inputs(1, 90, 75, 2, 2, 32, torch.float32)
+    if case == "window_mods":
+        kw = dict(causal=True, window=(20, 0), alibi_slopes=torch.rand(4) * 0.3, softcap=3.0)
+    else:
+        kw = dict(block_mask=masks.create_block_mask(masks.sliding_window(30, 5), None, None, 90, 75, device="cpu"))
+    monkeypatch.setenv("HWATTN_BWD", "split")
+    want = _grads(q, k, v, **kw)
+    monkeypatch.setenv("HWATTN_BWD", "atomic")
+    got = _grads(q, k, v, **kw)
+    assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+    assert rel_err(got[0], want[0]) <= 1e-6 and not torch.equal(got[0], torch.zeros_like(got[0]))
+
+
+def test_atomic_backward_falls_back_where_it_must(monkeypatch):
+    """A learnable rel_bias (its gradient is summed in the dQ pass) and torch's deterministic mode take the
+    split backward: bit-equal results, and a warning for the latter."""
+    monkeypatch.setenv("HWATTN_BWD", "split")
+    q, k, v = _inputs(1, 40, 40, 1, 2, 16, torch.float32)
+    bias = (torch.randn(2, 79) * 0.5).requires_grad_()
+    want_bias = _grads(q, k, v, causal=True, rel_bias=bias)
+    want = _grads(q, k, v, causal=False)
+    monkeypatch.setenv("HWATTN_BWD", "atomic")
+    for a, b in zip(_grads(q, k, v, causal=True, rel_bias=bias), want_bias):
+        assert torch.equal(a, b)
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.warns(UserWarning, match="deterministic"):
+            got = _grads(q, k, v, causal=False)
+    finally:
+        torch.use_deterministic_algorithms(before)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+def test_bad_backward_schedule_is_refused(monkeypatch):
+    monkeypatch.setenv("HWATTN_BWD", "atomics")
+    q, k, v = _inputs(1, 8, 8, 1, 1, 16, torch.float32)
+    out = hwattn.flash_attention(q, k, v)
+    with pytest.raises(ValueError, match="HWATTN_BWD"):
+        out.sum().backward()
+
+
 @pytest.mark.parametrize("make,exc,words", [
     (lambda: (torch.randn(8, 2, 16).half(),) + _qkv()[1:], ValueError, ["q", "4 dimensions"]),
     (lambda: (_qkv()[0], torch.randn(1, 8, 2, 16).half(), torch.randn(1, 9, 2, 16).half()), ValueError, ["same shape"]),
@@ -310,6 +375,18 @@ def test_cpu_without_interpreter_says_how_to_run():
 @pytest.mark.parametrize("n_q,n_k", [(1000, 1000), (513, 2049), (2049, 513)])
 def test_gpu_bf16(d, causal, n_q, n_k):
     torch.manual_seed(0)
+    q, k, v = (x.cuda() for x in _inputs(2, n_q, n_k, 2, 2, d, torch.bfloat16))
+    q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
+    _check_against_reference(q, k, v, causal)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("n_q,n_k", [(1000, 1000), (513, 2049), (2049, 513)])
+def test_gpu_atomic_backward_bf16(monkeypatch, d, causal, n_q, n_k):
+    monkeypatch.setenv("HWATTN_BWD", "atomic")
+    torch.manual_seed(1)
     q, k, v = (x.cuda() for x in _inputs(2, n_q, n_k, 2, 2, d, torch.bfloat16))
     q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
     _check_against_reference(q, k, v, causal)

@@ -13,6 +13,7 @@ d rel_bias[h, j - i + Nq - 1] = sum of dS[i, j] over its diagonal, is added with
 pass (one table row per head, O(Nq + Nk) memory): the only gradient whose summation order varies.
 """
 import os
+import warnings
 
 import torch
 import triton
@@ -50,10 +51,11 @@ def _dkdv_step(dk, dv, k, v, qt_ptrs, do_ptrs, lse_ptrs, delta_ptrs, rows, cols,
                TILE_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
                window_left=0, window_right=0, softcap_log2=1.0, alibi_slope=0.0, rel_bias_row=None,
                WINDOW: tl.constexpr = False, SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False,
-               REL_BIAS: tl.constexpr = False):
+               REL_BIAS: tl.constexpr = False, dq_ptrs=None, softmax_scale=1.0, ATOMIC_DQ: tl.constexpr = False):
     """One query block's contribution to dK, dV of a key block. Tiles are transposed (keys x queries)
     so dV = P^T dO and dK = dS^T Q need no transposes. The trailing arguments (a window, score mods; off by
-    default) are `common.visible`'s and `common.modded_scores`'."""
+    default) are `common.visible`'s and `common.modded_scores`'. With ATOMIC_DQ the same dS also gives this
+    block's share of dQ, added to the fp32 rows at dq_ptrs."""
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     row_ok = rows < n_q
@@ -79,7 +81,13 @@ def _dkdv_step(dk, dv, k, v, qt_ptrs, do_ptrs, lse_ptrs, delta_ptrs, rows, cols,
     dst = pt * (dpt - delta[None, :])
     if SOFTCAP:
         dst = dst * dcap  # chain rule through softcap * tanh(s / softcap)
-    dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=DOT_PRECISION)
+    dst = dst.to(qt.dtype)
+    dk = tl.dot(dst, tl.trans(qt), dk, input_precision=DOT_PRECISION)
+    if ATOMIC_DQ:
+        # FlashAttention-2's schedule: dQ += scale * dS K here (5 block matmuls in all, not 7), fp32 atomic
+        # adds into a zeroed buffer; relaxed: nothing reads it before the kernel ends
+        dq = tl.dot(tl.trans(dst), k, input_precision=DOT_PRECISION) * softmax_scale
+        tl.atomic_add(dq_ptrs, dq, mask=row_ok[:, None] & d_ok[None, :], sem="relaxed")
     return dk, dv
 
 
@@ -89,21 +97,26 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, 
                 MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
                 window_left=0, window_right=0, softcap_log2=1.0, alibi_slope=0.0, rel_bias_row=None,
                 WINDOW: tl.constexpr = False, SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False,
-                REL_BIAS: tl.constexpr = False):
+                REL_BIAS: tl.constexpr = False, dq_base=None, stride_dqm=0, softmax_scale=1.0,
+                ATOMIC_DQ: tl.constexpr = False):
     """Accumulate one query head's contribution to dK, dV of a key block over query rows [lo, hi)."""
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     qt_tile = offs_m[None, :] * stride_qm + offs_d[:, None]
     do_tile = offs_m[:, None] * stride_dom + offs_d[None, :]
+    dq_tile = offs_m[:, None] * stride_dqm + offs_d[None, :]  # used with ATOMIC_DQ only
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         rows = start_m + offs_m
+        dq_ptrs = None
+        if ATOMIC_DQ:
+            dq_ptrs = dq_base + start_m.to(tl.int64) * stride_dqm + dq_tile
         dk, dv = _dkdv_step(dk, dv, k, v, q_base + start_m.to(tl.int64) * stride_qm + qt_tile,
                             do_base + start_m.to(tl.int64) * stride_dom + do_tile, lse_base + rows,
                             delta_base + rows, rows, cols, n_q, n_k, qk_scale, None,
                             BLOCK_D, HEAD_DIM, MASKED, CAUSAL, False, DOT_PRECISION,
                             window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
-                            WINDOW, SOFTCAP, ALIBI, REL_BIAS)
+                            WINDOW, SOFTCAP, ALIBI, REL_BIAS, dq_ptrs, softmax_scale, ATOMIC_DQ)
     return dk, dv
 
 
@@ -113,13 +126,15 @@ def _dkdv_sparse(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
                  MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr, PARTIAL: tl.constexpr,
                  DOT_PRECISION: tl.constexpr, softcap_log2=1.0, alibi_slope=0.0, rel_bias_row=None,
-                 SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False, REL_BIAS: tl.constexpr = False):
+                 SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False, REL_BIAS: tl.constexpr = False,
+                 dq_base=None, stride_dqm=0, softmax_scale=1.0, ATOMIC_DQ: tl.constexpr = False):
     """The query blocks a block mask lists for this key block (its transposed lists)."""
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     qt_tile = offs_m[None, :] * stride_qm + offs_d[:, None]
     do_tile = offs_m[:, None] * stride_dom + offs_d[None, :]
+    dq_tile = offs_m[:, None] * stride_dqm + offs_d[None, :]  # used with ATOMIC_DQ only
     mask_tile = offs_m[None, :] * MASK_BLOCK_N + (col_in_tile + offs_n)[:, None]  # transposed read
     count = tl.load(NUM + list_off)
     for i in range(0, count):
@@ -130,12 +145,16 @@ def _dkdv_sparse(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm,
         for sub in tl.static_range(MASK_BLOCK_M // BLOCK_M):
             start_m = qb * MASK_BLOCK_M + sub * BLOCK_M
             rows = start_m + offs_m
+            dq_ptrs = None
+            if ATOMIC_DQ:
+                dq_ptrs = dq_base + start_m.to(tl.int64) * stride_dqm + dq_tile
             dk, dv = _dkdv_step(dk, dv, k, v, q_base + start_m.to(tl.int64) * stride_qm + qt_tile,
                                 do_base + start_m.to(tl.int64) * stride_dom + do_tile, lse_base + rows,
                                 delta_base + rows, rows, cols, n_q, n_k, qk_scale,
                                 tile_base + sub * BLOCK_M * MASK_BLOCK_N + mask_tile,
                                 BLOCK_D, HEAD_DIM, PARTIAL, False, PARTIAL, DOT_PRECISION,
-                                0, 0, softcap_log2, alibi_slope, rel_bias_row, False, SOFTCAP, ALIBI, REL_BIAS)
+                                0, 0, softcap_log2, alibi_slope, rel_bias_row, False, SOFTCAP, ALIBI, REL_BIAS,
+                                dq_ptrs, softmax_scale, ATOMIC_DQ)
     return dk, dv
 
 
@@ -144,7 +163,8 @@ def _dkdv_dense(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, 
                 full_hi, hi, n_q, n_k, qk_scale, window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
                 DOT_PRECISION: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
-                REL_BIAS: tl.constexpr):
+                REL_BIAS: tl.constexpr, dq_base=None, stride_dqm=0, softmax_scale=1.0,
+                ATOMIC_DQ: tl.constexpr = False):
     """One query head's rows that see the key block, as `common.q_ranges` cut them: the unmasked bulk
     [full_lo, full_hi), then masked [lo, full_lo) and [full_hi, hi) (empty without a window). The order is
     ptxas's: here the bulk must come first, in the forward and dQ passes last (`forward._fwd_dense`), or
@@ -153,16 +173,19 @@ def _dkdv_dense(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, 
     dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom, cols, full_lo,
                          full_hi, n_q, n_k, qk_scale, BLOCK_M, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION,
                          window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
-                         WINDOW, SOFTCAP, ALIBI, REL_BIAS)
+                         WINDOW, SOFTCAP, ALIBI, REL_BIAS, dq_base, stride_dqm,
+                         softmax_scale, ATOMIC_DQ)
     dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom, cols, lo,
                          full_lo, n_q, n_k, qk_scale, BLOCK_M, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION,
                          window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
-                         WINDOW, SOFTCAP, ALIBI, REL_BIAS)
+                         WINDOW, SOFTCAP, ALIBI, REL_BIAS, dq_base, stride_dqm,
+                         softmax_scale, ATOMIC_DQ)
     if WINDOW:
         dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom, cols,
                              full_hi, hi, n_q, n_k, qk_scale, BLOCK_M, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION,
                              window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
-                             WINDOW, SOFTCAP, ALIBI, REL_BIAS)
+                             WINDOW, SOFTCAP, ALIBI, REL_BIAS, dq_base, stride_dqm,
+                             softmax_scale, ATOMIC_DQ)
     return dk, dv
 
 
@@ -178,8 +201,10 @@ def _dkdv_program(pid_n, pid_bh, Q, K, V, DO, LSE, DELTA, DK, DV,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
                      HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr,
                      SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right,
-                     WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr):
-    """dK, dV of key block pid_n of K/V head pid_bh (= b * Hkv + h_kv), summed over its query group."""
+                     WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,
+                     DQ_ACC=None, stride_dqab=0, stride_dqam=0, stride_dqah=0, ATOMIC_DQ: tl.constexpr = False):
+    """dK, dV of key block pid_n of K/V head pid_bh (= b * Hkv + h_kv), summed over its query group (and,
+    with ATOMIC_DQ, this key block's share of dQ added to DQ_ACC)."""
     if HAS_MASK:
         tl.static_assert((MASK_BLOCK_M % BLOCK_M == 0) and (MASK_BLOCK_N % BLOCK_N == 0))
     b = pid_bh // num_kv_heads
@@ -208,6 +233,9 @@ def _dkdv_program(pid_n, pid_bh, Q, K, V, DO, LSE, DELTA, DK, DV,
         if ALIBI:
             alibi_slope = tl.load(SLOPES + b * stride_slopes_b + h)
         rel_bias_row = BIAS + h * stride_bias_h
+        dq_base = None
+        if ATOMIC_DQ:
+            dq_base = DQ_ACC + b.to(tl.int64) * stride_dqab + h.to(tl.int64) * stride_dqah
         if HAS_MASK:
             # this key block's column of the block mask: the query blocks that read it
             list_off = ((b % mask_b) * mask_h + h % mask_h) * n_mask_cols + start_n // MASK_BLOCK_N
@@ -216,17 +244,20 @@ def _dkdv_program(pid_n, pid_bh, Q, K, V, DO, LSE, DELTA, DK, DV,
                                   stride_dom, cols, n_q, n_k, qk_scale, list_off, FULL_NUM, FULL_IDX, PART_TILE,
                                   TILES, col_in_tile, n_mask_rows, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
                                   MASK_BLOCK_M, MASK_BLOCK_N, False, DOT_PRECISION, softcap_log2, alibi_slope,
-                                  rel_bias_row, SOFTCAP, ALIBI, REL_BIAS)
+                                  rel_bias_row, SOFTCAP, ALIBI, REL_BIAS, dq_base, stride_dqam, softmax_scale,
+                                  ATOMIC_DQ)
             dk, dv = _dkdv_sparse(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qm,
                                   stride_dom, cols, n_q, n_k, qk_scale, list_off, PART_NUM, PART_IDX, PART_TILE,
                                   TILES, col_in_tile, n_mask_rows, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
                                   MASK_BLOCK_M, MASK_BLOCK_N, True, DOT_PRECISION, softcap_log2, alibi_slope,
-                                  rel_bias_row, SOFTCAP, ALIBI, REL_BIAS)
+                                  rel_bias_row, SOFTCAP, ALIBI, REL_BIAS, dq_base, stride_dqam, softmax_scale,
+                                  ATOMIC_DQ)
         else:
             dk, dv = _dkdv_dense(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qm,
                                  stride_dom, cols, lo, full_lo, full_hi, hi, n_q, n_k, qk_scale, window_left,
                                  window_right, softcap_log2, alibi_slope, rel_bias_row, BLOCK_M, BLOCK_D, HEAD_DIM,
-                                 CAUSAL, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, REL_BIAS)
+                                 CAUSAL, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, REL_BIAS, dq_base, stride_dqam,
+                                 softmax_scale, ATOMIC_DQ)
 
     dk = dk * softmax_scale
     dk_base = DK + b.to(tl.int64) * stride_dkb + h_kv.to(tl.int64) * stride_dkh + start_n.to(tl.int64) * stride_dkn
@@ -236,7 +267,7 @@ def _dkdv_program(pid_n, pid_bh, Q, K, V, DO, LSE, DELTA, DK, DV,
 
 
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, stride_dqab, stride_dqam, stride_dqah,
                      stride_qb, stride_qm, stride_qh, stride_kb, stride_kn, stride_kh,
                      stride_vb, stride_vn, stride_vh, stride_dob, stride_dom, stride_doh,
                      stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
@@ -247,7 +278,10 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
                      HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr,
                      SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right,
-                     WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr):
+                     WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,
+                     ATOMIC_DQ: tl.constexpr):
+    """dK, dV per key block; with ATOMIC_DQ also dQ (fp32 atomics into DQ_ACC), and no dQ pass follows."""
+    # causal: key block 0 sees the most queries, so the launch order is already longest first
     _dkdv_program(tl.program_id(0), tl.program_id(1), Q, K, V, DO, LSE, DELTA, DK, DV, stride_qb, stride_qm,
                   stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_dob, stride_dom,
                   stride_doh, stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh, n_q, n_k,
@@ -255,7 +289,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
                   PART_NUM, PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_cols, n_mask_rows, CAUSAL, HEAD_DIM,
                   BLOCK_D, BLOCK_M, BLOCK_N, DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N, SLOPES,
                   stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, WINDOW, SOFTCAP,
-                  ALIBI, REL_BIAS)
+                  ALIBI, REL_BIAS, DQ_ACC, stride_dqab, stride_dqam, stride_dqah, ATOMIC_DQ)
 
 
 @triton.jit
@@ -519,22 +553,39 @@ def _bwd_fused_kernel(Q, K, V, DO, LSE, DELTA, DQ, DK, DV,
 
 
 _dkdv_autotuned = None if interpreting() else autotuned(_bwd_dkdv_kernel, lambda: configs("dkdv"))
+_dkdv_atomic_autotuned = None if interpreting() else autotuned(_bwd_dkdv_kernel, lambda: configs("dkdv_atomic"))
 _dq_autotuned = None if interpreting() else autotuned(_bwd_dq_kernel, lambda: configs("dq"))
 _fused_autotuned = None if interpreting() else autotuned(_bwd_fused_kernel, lambda: configs("fused"))
 
 
-def fused_backward(causal: bool, block_mask) -> bool:
-    """Which backward launch shape: HWATTN_BWD=fused (one launch, _bwd_fused_kernel), split (dK/dV, then dQ)
-    or auto (default). auto takes the one launch only for dense causal attention, where its balance pays;
-    measured on an H200 (2026-12-01, docs/hopper.md): dense causal fused 1.00-1.04x the split speed, dense
-    non-causal 0.88-0.92x (the split kernels' separately tuned tiles win), block masks 0.95-0.97x.
-    Both are deterministic and compute the same sums."""
+BACKWARD_SCHEDULES = ("auto", "fused", "split", "atomic")
+
+
+def backward_schedule(causal: bool, block_mask, mods=None) -> str:
+    """Which backward launch shape, from HWATTN_BWD:
+      fused:  one launch (_bwd_fused_kernel): program j does key block j's dK/dV, then query block j's dQ;
+      split:  dK/dV, then dQ (two launches, each with its own tuned tiles);
+      atomic: one dK/dV launch that also adds dQ with fp32 atomics (FlashAttention-2's own schedule, 5 block
+              matmuls instead of 7); dQ's summation order over key blocks then varies from run to run;
+      auto (default): fused for dense causal attention, split otherwise (measured on an H200, 2026-12-01,
+              docs/hopper.md: dense causal fused 1.00-1.04x the split speed, dense non-causal 0.88-0.92x,
+              block masks 0.95-0.97x).
+    The atomic schedule is opt-in and never taken under torch.use_deterministic_algorithms(True) (it falls back
+    to split, with a warning) nor with a learnable rel_bias, whose gradient the dQ pass sums."""
     mode = os.environ.get("HWATTN_BWD", "auto")
-    if mode not in ("auto", "fused", "split"):
-        raise ValueError(f"HWATTN_BWD must be 'auto', 'fused' or 'split', got {mode!r}")
+    if mode not in BACKWARD_SCHEDULES:
+        raise ValueError(f"HWATTN_BWD must be one of {BACKWARD_SCHEDULES}, got {mode!r}")
+    if mode == "atomic":
+        if torch.are_deterministic_algorithms_enabled():
+            warnings.warn("HWATTN_BWD=atomic adds dQ with atomics, which is not deterministic; "
+                          "torch.use_deterministic_algorithms(True) is on, so the split backward runs instead")
+            return "split"
+        if mods is not None and mods.rel_bias_grad:
+            return "split"  # d rel_bias is summed in the dQ pass
+        return "atomic"
     if mode == "auto":
-        return causal and block_mask is None
-    return mode == "fused"
+        return "fused" if causal and block_mask is None else "split"
+    return mode
 
 
 def _launch(kernel, tuned, kind, grid_of, args, meta, head_dim, dtype):
@@ -571,7 +622,8 @@ def flash_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, block_mas
     # d rel_bias is summed with atomics in the dQ pass (zeroed here; autotuning re-zeroes it per trial)
     drel_bias = torch.zeros_like(mods.rel_bias) if mods is not None and mods.rel_bias_grad else None
     sizes = (n_q, n_k, n_heads, n_kv_heads, n_heads // n_kv_heads, qk_scale, softmax_scale, bucket)
-    if fused_backward(causal, block_mask):
+    schedule = backward_schedule(causal, block_mask, mods)
+    if schedule == "fused":
         args = (q, k, v, do, lse, delta, dq, dk, dv, *common, dq.stride(0), dq.stride(1), dq.stride(2),
                 dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), *sizes,
                 *by_key_args, *by_query_args)
@@ -580,11 +632,18 @@ def flash_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, block_mas
                 args, {**meta, **score_mod_kwargs(mods, q.device, drel_bias, with_grad_args=True)}, head_dim, q.dtype)
         return dq, dk, dv, drel_bias
 
-    dkdv_args = (q, k, v, do, lse, delta, dk, dv, *common,
-                 dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), *sizes)
-    _launch(_bwd_dkdv_kernel, _dkdv_autotuned, "dkdv",
+    atomic = schedule == "atomic"
+    # the atomic schedule's dQ: fp32, zeroed, (B, Nq, Hq, D) contiguous; otherwise a placeholder never touched
+    dq_acc = torch.zeros(q.shape, device=q.device, dtype=torch.float32) if atomic else dq
+    dkdv_args = (q, k, v, do, lse, delta, dk, dv, dq_acc, dq_acc.stride(0), dq_acc.stride(1), dq_acc.stride(2),
+                 *common, dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), *sizes)
+    _launch(_bwd_dkdv_kernel, _dkdv_atomic_autotuned if atomic else _dkdv_autotuned,
+            "dkdv_atomic" if atomic else "dkdv",
             lambda cfg: (triton.cdiv(n_k, cfg["BLOCK_N"]), B * n_kv_heads), dkdv_args + by_key_args,
-            {**meta, **score_mod_kwargs(mods, q.device)}, head_dim, q.dtype)
+            {**meta, **score_mod_kwargs(mods, q.device), "ATOMIC_DQ": atomic}, head_dim, q.dtype)
+    if atomic:
+        dq.copy_(dq_acc)
+        return dq, dk, dv, drel_bias
     dq_args = (q, k, v, do, lse, delta, dq, *common, dq.stride(0), dq.stride(1), dq.stride(2),
                n_q, n_k, n_heads, n_heads // n_kv_heads, qk_scale, softmax_scale, bucket)
     _launch(_bwd_dq_kernel, _dq_autotuned, "dq",

@@ -17,20 +17,24 @@ _FWD_FP8 = {(128, 128, 8, 3), (128, 128, 8, 4), (128, 64, 8, 3)}
 # dK/dV: a program owns BLOCK_N keys and streams BLOCK_M-row query blocks; dQ: the transpose.
 _BWD_DKDV = [(32, 128, 4, 3), (32, 128, 4, 5), (64, 128, 8, 3), (64, 128, 8, 4), (64, 128, 8, 2), (32, 64, 4, 3),
              (64, 64, 4, 3), (16, 128, 4, 3), (16, 64, 4, 2)]
+# dK/dV that also adds dQ with atomics (HWATTN_BWD=atomic): one more 64-row accumulator, so 8 warps and
+# narrower key blocks too (ptxas -v, sm_90, D = 128: 64x128 spills 156-180 B, causal 360-672 B; 64x64 0-140 B)
+_BWD_DKDV_ATOMIC = [(64, 128, 8, 3), (64, 128, 8, 2), (64, 64, 8, 3), (64, 64, 8, 2), (32, 64, 8, 3),
+                    (128, 64, 8, 3), (32, 128, 4, 3), (16, 64, 4, 2)]
 _BWD_DQ = [(128, 32, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (64, 32, 4, 3), (64, 64, 4, 3),
            (128, 16, 4, 3), (64, 16, 4, 2)]
 
 # The one-launch backward: (BLOCK_M1, BLOCK_N1) of its dK/dV half, (BLOCK_M2, BLOCK_N2) of its dQ half, warps,
 # stages. BLOCK_N1 == BLOCK_M2 throughout: program j's two halves then cover key block j and query block j,
 # whose causal work adds up to the same for every j.
-_BWD_FUSED = [(64, 128, 128, 64, 8, 3), (64, 128, 128, 64, 8, 2), (32, 128, 128, 32, 4, 3), (32, 128, 128, 32, 8, 3),
+_BWD_FUSED = [(64, 128, 128, 64, 8, 3), (64, 128, 128, 64, 8, 4), (64, 128, 128, 64, 8, 2), (32, 128, 128, 32, 4, 3), (32, 128, 128, 32, 8, 3),
               (64, 128, 128, 32, 8, 3), (64, 64, 64, 64, 4, 3), (32, 64, 64, 32, 4, 3), (32, 64, 64, 32, 4, 2),
               (16, 64, 64, 16, 4, 2)]
 
-_TABLES = {"fwd": _FWD, "dkdv": _BWD_DKDV, "dq": _BWD_DQ, "fused": _BWD_FUSED}
+_TABLES = {"fwd": _FWD, "dkdv": _BWD_DKDV, "dkdv_atomic": _BWD_DKDV_ATOMIC, "dq": _BWD_DQ, "fused": _BWD_FUSED}
 
 # Interpreter: unequal block sizes so the CPU tests exercise the diagonal/edge bookkeeping.
-_INTERPRETER = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16), "fused": (16, 32, 32, 16)}
+_INTERPRETER = {"fwd": (32, 16), "dkdv": (16, 32), "dkdv_atomic": (16, 32), "dq": (32, 16), "fused": (16, 32, 32, 16)}
 _TILE_NAMES = {2: ("BLOCK_M", "BLOCK_N"), 4: ("BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2")}
 
 
@@ -86,17 +90,18 @@ def _prune(configs_list, named_args, **kwargs):
 
 # Autotune keys: the score mods and the window change the work per score, so each gets its own tuning.
 _KEYS = ("seq_bucket", "HEAD_DIM", "CAUSAL", "DOT_PRECISION", "HAS_MASK", "MASK_BLOCK_M", "MASK_BLOCK_N",
-         "WINDOW", "SOFTCAP", "ALIBI", "REL_BIAS", "REL_BIAS_GRAD", "PERSISTENT")
+         "WINDOW", "SOFTCAP", "ALIBI", "REL_BIAS", "REL_BIAS_GRAD", "PERSISTENT", "ATOMIC_DQ")
 
 
 def autotuned(kernel, make_configs):
     """Wrap `kernel` in triton.autotune, caching the chosen configs on disk where this Triton can. Keys are
     the entries of _KEYS that are `kernel`'s arguments (Triton refuses others); an output accumulated with
-    atomics (DBIAS, d rel_bias) is zeroed before every timed trial and before the real run."""
+    atomics (DBIAS, d rel_bias; DQ_ACC, the atomic backward's dQ) is zeroed before every timed trial and before
+    the real run."""
     extra = {}
     if "cache_results" in inspect.signature(triton.autotune).parameters:
         extra["cache_results"] = True
-    reset = [name for name in ("DBIAS",) if name in kernel.arg_names]
+    reset = [name for name in ("DBIAS", "DQ_ACC") if name in kernel.arg_names]
     if reset:
         extra["reset_to_zero"] = reset
     return triton.autotune(configs=make_configs(), key=[k for k in _KEYS if k in kernel.arg_names],
@@ -106,6 +111,7 @@ def autotuned(kernel, make_configs):
 # GPU defaults when autotuning is off (HWATTN_AUTOTUNE=0): (BLOCK_M, BLOCK_N, num_warps, num_stages)
 _DEFAULT = {"fwd": {64: (128, 64, 4, 3), 128: (128, 128, 8, 3), 256: (64, 32, 4, 2)},
             "dkdv": {64: (64, 128, 8, 3), 128: (64, 128, 8, 3), 256: (16, 64, 4, 2)},
+            "dkdv_atomic": {64: (64, 128, 8, 3), 128: (64, 64, 8, 2), 256: (16, 64, 4, 2)},
             "dq": {64: (128, 64, 8, 3), 128: (128, 64, 8, 3), 256: (64, 16, 4, 2)},
             "fused": {64: (64, 128, 128, 64, 8, 3), 128: (64, 128, 128, 64, 8, 3), 256: (16, 64, 64, 16, 4, 2)}}
 
