@@ -164,6 +164,10 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
             so its last bits vary run to run (dq, dk, dv stay deterministic). No N x N tensor is formed.
     The LSE (and return_lse) is that of the modded scores.
 
+    The backward is deterministic. HWATTN_BWD=atomic opts into FlashAttention-2's schedule (dQ added with fp32
+    atomics by the dK/dV programs; not deterministic, measured ~20% slower on an H200, never taken under
+    torch.use_deterministic_algorithms(True)); HWATTN_BWD=fused / split force one launch or two.
+
     Any Nq, Nk >= 1 and head_dim 1..256 (non-powers of two are padded inside the kernel); any strides
     (a tensor whose last dim is not contiguous is copied once). q, k, v must share dtype and device.
     On CPU tensors the same Triton kernels run in the interpreter when TRITON_INTERPRET=1 (slow; for
