@@ -28,6 +28,14 @@ def check_kernel_device(fn_name: str, *tensors: torch.Tensor) -> None:
                      "TRITON_INTERPRET=1)")
 
 
+def env_choice(name: str, choices: tuple[str, ...]) -> str:
+    """The environment variable `name`: one of `choices`, the first when unset; anything else is refused."""
+    value = os.environ.get(name, choices[0])
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
 def launch_fewer_stages(kernel, grid, *args, **kwargs):
     """kernel[grid](*args, **kwargs); a launch whose compiled kernel needs more shared memory than the GPU has
     (Triton raises OutOfResources when it loads it) is retried with one pipeline stage less, down to one.

@@ -277,7 +277,8 @@ def ptx_counts(ptx: str):
 def plain_key(spec):
     """What identifies a plain launch across checkouts: kernel, pointer dtypes, launch config and the
     constexprs both checkouts have (the new switches, all off, left out)."""
-    new = {"WINDOW", "SOFTCAP", "ALIBI", "REL_BIAS", "REL_BIAS_GRAD", "HAS_DESCALE", "stride_vd", "PERSISTENT"}
+    new = {"WINDOW", "SOFTCAP", "ALIBI", "REL_BIAS", "REL_BIAS_GRAD", "HAS_DESCALE", "stride_vd", "PERSISTENT",
+           "ATOMIC_DQ"}
     c = {k: v for k, v in spec["constexprs"].items() if k not in new and not k.startswith("DESCALE")
          and v is not None}
     dts = sorted(t for n, t in spec["signature"].items() if n in ("Q", "O", "DQ"))

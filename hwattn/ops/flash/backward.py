@@ -12,14 +12,13 @@ matches the saved LSE; softcap multiplies dS by 1 - tanh^2. A relative-position 
 d rel_bias[h, j - i + Nq - 1] = sum of dS[i, j] over its diagonal, is added with fp32 atomics from the dQ
 pass (one table row per head, O(Nq + Nk) memory): the only gradient whose summation order varies.
 """
-import os
 import warnings
 
 import torch
 import triton
 import triton.language as tl
 
-from ..._runtime import interpreting
+from ..._runtime import env_choice, interpreting
 from .common import LOG2E, accumulate_rel_bias_grad, kv_ranges, modded_scores, q_ranges, visible
 from .block_mask import kernel_args
 from .configs import autotune_enabled, autotuned, configs, fixed_config, launch_fixed
@@ -553,7 +552,8 @@ def _bwd_fused_kernel(Q, K, V, DO, LSE, DELTA, DQ, DK, DV,
 
 
 _dkdv_autotuned = None if interpreting() else autotuned(_bwd_dkdv_kernel, lambda: configs("dkdv"))
-_dkdv_atomic_autotuned = None if interpreting() else autotuned(_bwd_dkdv_kernel, lambda: configs("dkdv_atomic"))
+_dkdv_atomic_autotuned = None if interpreting() else autotuned(_bwd_dkdv_kernel, lambda: configs("dkdv_atomic"),
+                                                               zeroed=("DQ_ACC",))
 _dq_autotuned = None if interpreting() else autotuned(_bwd_dq_kernel, lambda: configs("dq"))
 _fused_autotuned = None if interpreting() else autotuned(_bwd_fused_kernel, lambda: configs("fused"))
 
@@ -569,12 +569,10 @@ def backward_schedule(causal: bool, block_mask, mods=None) -> str:
               matmuls instead of 7); dQ's summation order over key blocks then varies from run to run;
       auto (default): fused for dense causal attention, split otherwise (measured on an H200, 2026-12-01,
               docs/hopper.md: dense causal fused 1.00-1.04x the split speed, dense non-causal 0.88-0.92x,
-              block masks 0.95-0.97x).
+              block masks 0.95-0.97x; re-timed 2026-12-02 after the wgmma fix, docs/flash_status.md: kept).
     The atomic schedule is opt-in and never taken under torch.use_deterministic_algorithms(True) (it falls back
     to split, with a warning) nor with a learnable rel_bias, whose gradient the dQ pass sums."""
-    mode = os.environ.get("HWATTN_BWD", "auto")
-    if mode not in BACKWARD_SCHEDULES:
-        raise ValueError(f"HWATTN_BWD must be one of {BACKWARD_SCHEDULES}, got {mode!r}")
+    mode = env_choice("HWATTN_BWD", BACKWARD_SCHEDULES)
     if mode == "atomic":
         if torch.are_deterministic_algorithms_enabled():
             warnings.warn("HWATTN_BWD=atomic adds dQ with atomics, which is not deterministic; "

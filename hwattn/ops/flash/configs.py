@@ -27,9 +27,9 @@ _BWD_DQ = [(128, 32, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), 
 # The one-launch backward: (BLOCK_M1, BLOCK_N1) of its dK/dV half, (BLOCK_M2, BLOCK_N2) of its dQ half, warps,
 # stages. BLOCK_N1 == BLOCK_M2 throughout: program j's two halves then cover key block j and query block j,
 # whose causal work adds up to the same for every j.
-_BWD_FUSED = [(64, 128, 128, 64, 8, 3), (64, 128, 128, 64, 8, 4), (64, 128, 128, 64, 8, 2), (32, 128, 128, 32, 4, 3), (32, 128, 128, 32, 8, 3),
-              (64, 128, 128, 32, 8, 3), (64, 64, 64, 64, 4, 3), (32, 64, 64, 32, 4, 3), (32, 64, 64, 32, 4, 2),
-              (16, 64, 64, 16, 4, 2)]
+_BWD_FUSED = [(64, 128, 128, 64, 8, 3), (64, 128, 128, 64, 8, 4), (64, 128, 128, 64, 8, 2),
+              (32, 128, 128, 32, 4, 3), (32, 128, 128, 32, 8, 3), (64, 128, 128, 32, 8, 3),
+              (64, 64, 64, 64, 4, 3), (32, 64, 64, 32, 4, 3), (32, 64, 64, 32, 4, 2), (16, 64, 64, 16, 4, 2)]
 
 _TABLES = {"fwd": _FWD, "dkdv": _BWD_DKDV, "dkdv_atomic": _BWD_DKDV_ATOMIC, "dq": _BWD_DQ, "fused": _BWD_FUSED}
 
@@ -93,15 +93,15 @@ _KEYS = ("seq_bucket", "HEAD_DIM", "CAUSAL", "DOT_PRECISION", "HAS_MASK", "MASK_
          "WINDOW", "SOFTCAP", "ALIBI", "REL_BIAS", "REL_BIAS_GRAD", "PERSISTENT", "ATOMIC_DQ")
 
 
-def autotuned(kernel, make_configs):
+def autotuned(kernel, make_configs, zeroed=("DBIAS",)):
     """Wrap `kernel` in triton.autotune, caching the chosen configs on disk where this Triton can. Keys are
-    the entries of _KEYS that are `kernel`'s arguments (Triton refuses others); an output accumulated with
-    atomics (DBIAS, d rel_bias; DQ_ACC, the atomic backward's dQ) is zeroed before every timed trial and before
-    the real run."""
+    the entries of _KEYS that are `kernel`'s arguments (Triton refuses others); the `zeroed` arguments, outputs
+    accumulated with atomics (DBIAS, d rel_bias; DQ_ACC, the atomic backward's dQ), are zeroed before every
+    timed trial and before the real run."""
     extra = {}
     if "cache_results" in inspect.signature(triton.autotune).parameters:
         extra["cache_results"] = True
-    reset = [name for name in ("DBIAS", "DQ_ACC") if name in kernel.arg_names]
+    reset = [name for name in zeroed if name in kernel.arg_names]
     if reset:
         extra["reset_to_zero"] = reset
     return triton.autotune(configs=make_configs(), key=[k for k in _KEYS if k in kernel.arg_names],

@@ -3,13 +3,12 @@
 One program owns a block of BLOCK_M query rows of one head; Q stays in registers while K/V blocks
 stream through, so HBM sees Q, K, V once per query block and O once: O(N) memory, no N x N scores.
 """
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ..._runtime import interpreting
+from ..._runtime import env_choice, interpreting
 from .common import LOG2E, kv_ranges, modded_scores, visible
 from .block_mask import kernel_args
 from .configs import autotune_enabled, autotuned, fixed_config, fwd_configs, launch_fixed
@@ -301,10 +300,7 @@ def forward_schedule() -> str:
     """HWATTN_FWD_SCHEDULE: "grid" (default: one program per query block, causal longest-first) or
     "persistent" (about as many programs as the GPU holds at once, each walking tiles longest-first:
     `_fwd_kernel`). The persistent schedule is built and tested but not yet timed on a GPU, so it is opt-in."""
-    mode = os.environ.get("HWATTN_FWD_SCHEDULE", "grid")
-    if mode not in ("grid", "persistent"):
-        raise ValueError(f"HWATTN_FWD_SCHEDULE must be 'grid' or 'persistent', got {mode!r}")
-    return mode
+    return env_choice("HWATTN_FWD_SCHEDULE", ("grid", "persistent"))
 
 
 def _resident_programs(device, cfg) -> int:
@@ -353,9 +349,8 @@ def flash_fwd(q, k, v, causal: bool, softmax_scale: float, block_mask=None, desc
                 HAS_DESCALE=descale is not None, **score_mod_kwargs(mods, q.device), PERSISTENT=persistent)
 
     def grid(cfg):
-        tiles = triton.cdiv(n_q, cfg["BLOCK_M"]) * B * n_heads
         if persistent:
-            return (min(tiles, _resident_programs(q.device, cfg)), 1)
+            return (min(triton.cdiv(n_q, cfg["BLOCK_M"]) * B * n_heads, _resident_programs(q.device, cfg)), 1)
         return (triton.cdiv(n_q, cfg["BLOCK_M"]), B * n_heads)
 
     if _fwd_autotuned is None or not autotune_enabled():
