@@ -543,8 +543,10 @@ def _pow2(x: int) -> int:
     return 1 << max(0, (int(x) - 1).bit_length())
 
 
-def _blocks(name: str, K: int, V: int, BT: int = CHUNK_SIZE):
-    bk, bv, warps, stages = CONFIGS[name]
+def _blocks(name: str, K: int, V: int, BT: int = CHUNK_SIZE, config: tuple | None = None):
+    """(BK, BV, num_warps, num_stages) of kernel `name`: CONFIGS[name], or `config` (a caller's own entry, e.g.
+    the Performer's at Dk = m), capped to the padded head dims."""
+    bk, bv, warps, stages = CONFIGS[name] if config is None else config
     if BT >= 128:  # (BT, BT) tiles: 4 warps spill
         warps = max(warps, 8)
     return min(bk, max(16, _pow2(K))), min(bv, max(16, _pow2(V))), warps, stages
@@ -621,7 +623,7 @@ def bwd_dd(o, do, den, K: int, chunk_size: int):
 
 
 def bwd_states(q, do, den, dd, causal: bool, normalize: bool, feature: int, dht, dzt, need_dh0: bool,
-               chunk_size: int):
+               chunk_size: int, config: tuple | None = None):
     """The reverse state pass: (dh, dz) per chunk (causal) or the total (not), and the initial state's gradient
     (dh0, dz0) fp32 when asked (non-causal: the total itself). den/dd: dummies when not normalised."""
     B, Tq, H, K = q.shape
@@ -640,7 +642,7 @@ def bwd_states(q, do, den, dd, causal: bool, normalize: bool, feature: int, dht,
         store_dh0 = True
     dh0 = torch.empty(B * H, K, V, device=dev, dtype=torch.float32) if store_dh0 else dummy32
     dz0 = torch.empty(B * H, K, device=dev, dtype=torch.float32) if (store_dh0 and normalize) else dummy32
-    BK, BV, warps, stages = _blocks("state_bwd", K, V, BT)
+    BK, BV, warps, stages = _blocks("state_bwd", K, V, BT, config)
     _state_bwd_kernel[(triton.cdiv(K, BK) * triton.cdiv(V, BV), B * H)](
         q, do, den, dd, dh, dz,
         dht if dht is not None else dummy32, dzt if dzt is not None else dummy32, dh0, dz0,
@@ -653,7 +655,8 @@ def bwd_states(q, do, den, dd, causal: bool, normalize: bool, feature: int, dht,
     return dh, dz, dh0, dz0
 
 
-def bwd_dv(q, k, do, den, dh, v_dtype, causal: bool, normalize: bool, feature: int, chunk_size: int):
+def bwd_dv(q, k, do, den, dh, v_dtype, causal: bool, normalize: bool, feature: int, chunk_size: int,
+           config: tuple | None = None):
     """dv = tril(Q K^T)^T dN + K dS_c (non-causal: K dS), (B, Nk, H, V) in v_dtype."""
     B, Tk, H, K = k.shape
     V = do.shape[3]
@@ -661,7 +664,7 @@ def bwd_dv(q, k, do, den, dh, v_dtype, causal: bool, normalize: bool, feature: i
     F32, PREC = _precision(q.dtype)
     dv = torch.empty(B, Tk, H, V, device=q.device, dtype=v_dtype)
     NCk = triton.cdiv(Tk, BT)
-    BK, BV, warps, stages = _blocks("dv_bwd", K, V, BT)
+    BK, BV, warps, stages = _blocks("dv_bwd", K, V, BT, config)
     _dv_bwd_kernel[(NCk * triton.cdiv(V, BV), B * H)](
         q, k, do, den, dh, dv, *_strides(q), *_strides(k), *_strides(do), *_strides(dv), Tk, NCk,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, FEATURE=feature, NORMALIZE=normalize, CAUSAL=causal,

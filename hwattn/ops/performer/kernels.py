@@ -68,6 +68,7 @@ KIND_RELU = 1
 MODE_QUERY = 0        # softmax: subtract each row's max exponent
 MODE_KEY = 1          # softmax: subtract a given per-(batch, head) offset
 MODE_BLOCK_MAX = 2    # softmax: only write each block's max exponent (to build the key offset)
+MODE_ROW_MAX = 3      # softmax: only write each row's max of x W'^T (the fused output pass's query stabiliser)
 
 BLOCK_N = 64
 BLOCK_M = 64
@@ -86,7 +87,17 @@ CONFIGS = {
     "favor_state_fwd": (64, 128, 4, 3),
     "favor_output_fwd": (32, 128, 4, 3),
     "favor_dqk": (16, 0, 4, 3),
+    # the linear core's kernels on the saved features run at Dk = m (256), not the core's D = 128: own entries
+    "favor_state_bwd": lin.CONFIGS["state_bwd"],
+    "favor_dv": lin.CONFIGS["dv_bwd"],
 }
+# The key stabiliser pass (`_favor_fwd_kernel` MODE_BLOCK_MAX): (rows a program, feature block, warps, stages).
+# Its products feed only a max (no chained dots), so it may run 8 warps on 128 rows.
+KEY_MAX_CONFIG = (BLOCK_N, BLOCK_M, NUM_WARPS, 3)
+# The query stabiliser of the fused output pass: True computes it in a pass of its own (`favor_fwd` MODE_ROW_MAX,
+# the key pass's kernel and config: its products feed only a max), False in the output pass's first loop over W'
+# (4 warps: the output pass's products are chained). Same values either way (one 16-bit product, hi only).
+QUERY_MAX_PASS = False
 # Which of dq, dk one `_favor_dqk_kernel` program accumulates (causal). Each is a (BT, D) fp32 tile held across
 # the feature loop (64 registers a thread at D = 128, 4 warps per 64 tokens); ("qk",) shares dA and the loads of
 # the features (with BK = 16 it fits: BK = 32 spills), ("q", "k") reads them twice with ~170 registers.
@@ -201,6 +212,8 @@ def _favor_fwd_kernel(
     if MODE == 2:
         b_c = tl.where(m_n, b_c, float("-inf"))
         tl.store(offset + i_bh * NB + i_n, tl.max(b_c, axis=0))
+    elif MODE == 3:
+        tl.store(offset + i_bh * N + rows, b_c + b_sq, mask=m_n)
     else:
         p_f = f + i_b * s_fb + i_h * s_fh + rows[:, None].to(tl.int64) * s_fn
         for i_m in range((M + BM - 1) // BM):
@@ -330,13 +343,13 @@ def _favor_state_fwd_kernel(
 
 @triton.jit
 def _favor_output_fwd_kernel(
-    q, k, v, w_hi, w_lo, koff, h, z, o, den, fq, fk,
+    q, k, v, w_hi, w_lo, koff, qmax, h, z, o, den, fq, fk,
     s_qb, s_qn, s_qh, s_kb, s_kn, s_kh, s_vb, s_vn, s_vh, s_ob, s_on, s_oh, s_fb, s_fn, s_fh, s_gb, s_gn, s_gh,
     T, NC, eps, sq_scale, ratio, kernel_eps,
     H, D: tl.constexpr, M: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     KIND: tl.constexpr, CAUSAL: tl.constexpr, SAVE: tl.constexpr, SPLIT: tl.constexpr, X16: tl.constexpr,
-    F32: tl.constexpr, PREC: tl.constexpr,
+    QMAX: tl.constexpr, F32: tl.constexpr, PREC: tl.constexpr,
 ):
     """Pass 2 (`linear_attn.kernels._output_fwd_kernel`) on raw q, k: one program per (chunk, Dv block) x (b, h)
     walks the feature blocks, computing phi(Q_c) block by block. SAVE (training): den (B*H, T) fp32 and phi(q)
@@ -369,7 +382,9 @@ def _favor_output_fwd_kernel(
     b_xq = tl.load(q + i_b * s_qb + i_h * s_qh + o_t[:, None] * s_qn + o_d[None, :], mask=m_td, other=0.0)
     b_subq = _sq(b_xq, sq_scale)
     b_xq = _proj_input(b_xq, X16)
-    if KIND == 0:
+    if KIND == 0 and QMAX:  # the query stabiliser below, computed by `favor_fwd` MODE_ROW_MAX beforehand
+        b_subq = tl.load(qmax + i_bh * T + o_t, mask=m_t, other=0.0)
+    elif KIND == 0:
         # The query stabiliser, each row's max exponent, from a first pass over W' with one 16-bit product (hi
         # only: compute, no bytes). Any per-row constant cancels; being within e^(2^-8 |u|) of the exact max keeps
         # the features <= ~1/sqrt(m). A fixed constant rather than a running max (flash attention's rescaling)
@@ -573,20 +588,25 @@ def favor_fwd(x: torch.Tensor, w_hi: torch.Tensor, w_lo: torch.Tensor, kind: int
               x16: bool = False):
     """x (B, N, H, D) unit stride in D; (w_hi, w_lo) from `split_projection(w, x.dtype)` (or `fused_projection`
     with its split and x16). MODE_QUERY / MODE_KEY (needs offset (B*H,) fp32) -> features (B, N, H, m) of
-    out_dtype; MODE_BLOCK_MAX -> the per-(batch*head) max exponent (B*H,) fp32. split=False: one product with
-    w_hi only (enough for a stabiliser); default: both halves for 16-bit x."""
+    out_dtype; MODE_BLOCK_MAX -> the per-(batch*head) max exponent (B*H,) fp32; MODE_ROW_MAX -> each row's
+    max_j (x W'^T)_j (B*H, N) fp32. split=False: one product with w_hi only (enough for a stabiliser); default:
+    both halves for 16-bit x."""
     B, N, H, D = x.shape
     M = w_hi.shape[0]
     BD = max(16, _pow2(D))
-    NB = triton.cdiv(N, BLOCK_N)
     split = _split(x.dtype) if split is None else split
-    common = dict(H=H, D=D, M=M, BN=BLOCK_N, BD=BD, BM=BLOCK_M, KIND=kind, MODE=mode, SPLIT=split, X16=x16,
-                  PREC=_prec(x.dtype), num_warps=NUM_WARPS)
-    if mode == MODE_BLOCK_MAX:
-        part = torch.empty(B * H, NB, device=x.device, dtype=torch.float32)
-        _favor_fwd_kernel[(NB, B * H)](x, w_hi, w_lo, part, part, *_strides(x), 0, 0, 0, N, NB, 0.5 / D ** 0.5,
-                                       M ** -0.5, kernel_eps, **common)
-        return part.amax(dim=1)
+    common = dict(H=H, D=D, M=M, BD=BD, KIND=kind, MODE=mode, SPLIT=split, X16=x16, PREC=_prec(x.dtype))
+    if mode in (MODE_BLOCK_MAX, MODE_ROW_MAX):
+        bn, bm, warps, stages = KEY_MAX_CONFIG
+        bm = min(bm, max(16, _pow2(M)))
+        NB = triton.cdiv(N, bn)
+        part = torch.empty(B * H, NB if mode == MODE_BLOCK_MAX else N, device=x.device, dtype=torch.float32)
+        launch_fewer_stages(_favor_fwd_kernel, (NB, B * H), x, w_hi, w_lo, part, part, *_strides(x), 0, 0, 0, N,
+                            NB, 0.5 / D ** 0.5, M ** -0.5, kernel_eps, BN=bn, BM=bm, num_warps=warps,
+                            num_stages=stages, **common)
+        return part.amax(dim=1) if mode == MODE_BLOCK_MAX else part
+    NB = triton.cdiv(N, BLOCK_N)
+    common.update(BN=BLOCK_N, BM=BLOCK_M, num_warps=NUM_WARPS)
     f = torch.empty(B, N, H, M, device=x.device, dtype=out_dtype)
     _favor_fwd_kernel[(NB, B * H)](x, w_hi, w_lo, f, offset if offset is not None else f, *_strides(x),
                                    *_strides(f), N, NB, 0.5 / D ** 0.5, M ** -0.5, kernel_eps, **common)
@@ -635,6 +655,9 @@ def fused_fwd(q, k, v, proj, kind: int, causal: bool, eps: float, kernel_eps: fl
     # the key stabiliser: one 16-bit product is enough for a constant that only has to keep exp in range
     koff = (favor_fwd(k, w_hi, w_lo, KIND_SOFTMAX, MODE_BLOCK_MAX, torch.float32, split=False, x16=X16)
             if kind == KIND_SOFTMAX else dummy32)
+    qmax_pass = QUERY_MAX_PASS and kind == KIND_SOFTMAX
+    qmax = (favor_fwd(q, w_hi, w_lo, KIND_SOFTMAX, MODE_ROW_MAX, torch.float32, split=False, x16=X16)
+            if qmax_pass else dummy32)
     fdt = torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32  # fp16 cannot hold the features' range
     fq = torch.empty(B, Tq, H, M, device=dev, dtype=fdt) if save_for_backward else dummy32
     fk = torch.empty(B, Tk, H, M, device=dev, dtype=fdt) if save_for_backward else dummy32
@@ -659,10 +682,10 @@ def fused_fwd(q, k, v, proj, kind: int, causal: bool, eps: float, kernel_eps: fl
     NCq = triton.cdiv(Tq, BT)
     BK, BV, warps, stages = _fused_blocks("favor_output_fwd", M, V, BT)
     launch_fewer_stages(_favor_output_fwd_kernel, (NCq * triton.cdiv(V, BV), B * H),
-        q, k, v, w_hi, w_lo, koff, h, z, o, den, fq, fk,
+        q, k, v, w_hi, w_lo, koff, qmax, h, z, o, den, fq, fk,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_fstrides(fq), *_fstrides(fk), Tq, NCq, eps, **scal,
         H=H, D=D, M=M, V=V, BT=BT, BD=BD, BK=BK, BV=BV, KIND=kind, CAUSAL=causal, SAVE=save_for_backward,
-        SPLIT=SPLIT, X16=X16, F32=F32, PREC=PREC, num_warps=warps, num_stages=stages)
+        SPLIT=SPLIT, X16=X16, QMAX=qmax_pass, F32=F32, PREC=PREC, num_warps=warps, num_stages=stages)
     return o, {"den": den, "fq": fq, "fk": fk, "h": h, "z": z}
 
 
@@ -683,7 +706,8 @@ def fused_bwd(do, q, k, v, o, w_chain, saved: dict, kind: int, causal: bool, ker
     den, fq, fk = saved["den"], saved["fq"], saved["fk"]
     NCq, NCk = triton.cdiv(Tq, BT), triton.cdiv(Tk, BT)
     dd = lin.bwd_dd(o, do, den, M, BT)
-    dh, dz, _, _ = lin.bwd_states(fq, do, den, dd, causal, True, lin.FEATURE_IDENTITY, None, None, False, BT)
+    dh, dz, _, _ = lin.bwd_states(fq, do, den, dd, causal, True, lin.FEATURE_IDENTITY, None, None, False, BT,
+                                  config=CONFIGS["favor_state_bwd"])
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     BK, BV, warps, stages = _fused_blocks("favor_dqk", M, V, BT)
@@ -701,5 +725,5 @@ def fused_bwd(do, q, k, v, o, w_chain, saved: dict, kind: int, causal: bool, ker
                             DO_Q=True, DO_K=False, **common)
         launch_fewer_stages(_favor_dqk_kernel, (NCk, B * H), *args, Tk, NCk, 0.5 / D ** 0.5, kernel_eps,
                             DO_Q=False, DO_K=True, **common)
-    dv = lin.bwd_dv(fq, fk, do, den, dh, v.dtype, causal, True, lin.FEATURE_IDENTITY, BT)
+    dv = lin.bwd_dv(fq, fk, do, den, dh, v.dtype, causal, True, lin.FEATURE_IDENTITY, BT, config=CONFIGS["favor_dv"])
     return dq, dk, dv
