@@ -525,15 +525,14 @@ def performer_timings():
 # (H200, 2026-12-01: state_fwd 2 vs 3 stages and BK = 32 or BV = 64 were slower or equal; output_fwd 3 stages won.)
 PERFORMER_SWEEP = {
     "favor_key_max": [(64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 128, 4, 2), (128, 64, 4, 3)],
-    "query_max_pass": [False, True],
     "favor_output_fwd": [(32, 128, 4, 3), (64, 128, 4, 3), (32, 128, 4, 4), (16, 128, 4, 4)],
     "favor_dqk": [(16, 0, 4, 3), (32, 0, 4, 2), (32, 0, 4, 3), (16, 0, 4, 4)],
     "favor_state_bwd": [(64, 64, 4, 4), (64, 128, 4, 4), (64, 128, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2),
                         (32, 128, 4, 4)],
     "favor_dv": [(64, 128, 4, 2), (64, 128, 4, 3), (128, 128, 8, 2), (64, 64, 4, 2)],
 }
-PERFORMER_FWD_KERNELS = ("favor_key_max", "query_max_pass", "favor_state_fwd", "favor_output_fwd")
-_PERFORMER_GLOBALS = {"favor_key_max": "KEY_MAX_CONFIG", "query_max_pass": "QUERY_MAX_PASS"}
+PERFORMER_FWD_KERNELS = ("favor_key_max", "favor_state_fwd", "favor_output_fwd")
+_PERFORMER_GLOBALS = {"favor_key_max": "KEY_MAX_CONFIG"}
 
 
 def _performer_config(pk, name, cfg=None):

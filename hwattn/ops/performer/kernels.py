@@ -68,7 +68,6 @@ KIND_RELU = 1
 MODE_QUERY = 0        # softmax: subtract each row's max exponent
 MODE_KEY = 1          # softmax: subtract a given per-(batch, head) offset
 MODE_BLOCK_MAX = 2    # softmax: only write each block's max exponent (to build the key offset)
-MODE_ROW_MAX = 3      # softmax: only write each row's max of x W'^T (the fused output pass's query stabiliser)
 
 BLOCK_N = 64
 BLOCK_M = 64
@@ -87,17 +86,17 @@ CONFIGS = {
     "favor_state_fwd": (64, 128, 4, 3),
     "favor_output_fwd": (32, 128, 4, 3),
     "favor_dqk": (16, 0, 4, 3),
-    # the linear core's kernels on the saved features run at Dk = m (256), not the core's D = 128: own entries
-    "favor_state_bwd": lin.CONFIGS["state_bwd"],
+    # The linear core's kernels on the saved features, at Dk = m (256) rather than the core's D = 128, so with
+    # entries of their own. --performer-sweep (H200, 2026-12-02, same shape): the reverse state pass with all of
+    # Dv in one block (64 x 128, 3 stages) 3.94 -> 3.47 ms backward (the core's 64 x 64: twice the programs, each
+    # reading the same features); dv: its core config (64 x 128, 2 stages; 3 stages within 0.3%).
+    "favor_state_bwd": (64, 128, 4, 3),
     "favor_dv": lin.CONFIGS["dv_bwd"],
 }
 # The key stabiliser pass (`_favor_fwd_kernel` MODE_BLOCK_MAX): (rows a program, feature block, warps, stages).
-# Its products feed only a max (no chained dots), so it may run 8 warps on 128 rows.
+# Its products feed only a max (no chained dots), so it may run 8 warps on 128 rows; in the same sweep 64 or 128
+# rows, 4 or 8 warps all gave forward times within 0.2% (2.498-2.503 ms), so the original launch stays.
 KEY_MAX_CONFIG = (BLOCK_N, BLOCK_M, NUM_WARPS, 3)
-# The query stabiliser of the fused output pass: True computes it in a pass of its own (`favor_fwd` MODE_ROW_MAX,
-# the key pass's kernel and config: its products feed only a max), False in the output pass's first loop over W'
-# (4 warps: the output pass's products are chained). Same values either way (one 16-bit product, hi only).
-QUERY_MAX_PASS = False
 # Which of dq, dk one `_favor_dqk_kernel` program accumulates (causal). Each is a (BT, D) fp32 tile held across
 # the feature loop (64 registers a thread at D = 128, 4 warps per 64 tokens); ("qk",) shares dA and the loads of
 # the features (with BK = 16 it fits: BK = 32 spills), ("q", "k") reads them twice with ~170 registers.
@@ -212,8 +211,6 @@ def _favor_fwd_kernel(
     if MODE == 2:
         b_c = tl.where(m_n, b_c, float("-inf"))
         tl.store(offset + i_bh * NB + i_n, tl.max(b_c, axis=0))
-    elif MODE == 3:
-        tl.store(offset + i_bh * N + rows, b_c + b_sq, mask=m_n)
     else:
         p_f = f + i_b * s_fb + i_h * s_fh + rows[:, None].to(tl.int64) * s_fn
         for i_m in range((M + BM - 1) // BM):
@@ -343,13 +340,13 @@ def _favor_state_fwd_kernel(
 
 @triton.jit
 def _favor_output_fwd_kernel(
-    q, k, v, w_hi, w_lo, koff, qmax, h, z, o, den, fq, fk,
+    q, k, v, w_hi, w_lo, koff, h, z, o, den, fq, fk,
     s_qb, s_qn, s_qh, s_kb, s_kn, s_kh, s_vb, s_vn, s_vh, s_ob, s_on, s_oh, s_fb, s_fn, s_fh, s_gb, s_gn, s_gh,
     T, NC, eps, sq_scale, ratio, kernel_eps,
     H, D: tl.constexpr, M: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     KIND: tl.constexpr, CAUSAL: tl.constexpr, SAVE: tl.constexpr, SPLIT: tl.constexpr, X16: tl.constexpr,
-    QMAX: tl.constexpr, F32: tl.constexpr, PREC: tl.constexpr,
+    F32: tl.constexpr, PREC: tl.constexpr,
 ):
     """Pass 2 (`linear_attn.kernels._output_fwd_kernel`) on raw q, k: one program per (chunk, Dv block) x (b, h)
     walks the feature blocks, computing phi(Q_c) block by block. SAVE (training): den (B*H, T) fp32 and phi(q)
@@ -382,9 +379,7 @@ def _favor_output_fwd_kernel(
     b_xq = tl.load(q + i_b * s_qb + i_h * s_qh + o_t[:, None] * s_qn + o_d[None, :], mask=m_td, other=0.0)
     b_subq = _sq(b_xq, sq_scale)
     b_xq = _proj_input(b_xq, X16)
-    if KIND == 0 and QMAX:  # the query stabiliser below, computed by `favor_fwd` MODE_ROW_MAX beforehand
-        b_subq = tl.load(qmax + i_bh * T + o_t, mask=m_t, other=0.0)
-    elif KIND == 0:
+    if KIND == 0:
         # The query stabiliser, each row's max exponent, from a first pass over W' with one 16-bit product (hi
         # only: compute, no bytes). Any per-row constant cancels; being within e^(2^-8 |u|) of the exact max keeps
         # the features <= ~1/sqrt(m). A fixed constant rather than a running max (flash attention's rescaling)
@@ -588,23 +583,22 @@ def favor_fwd(x: torch.Tensor, w_hi: torch.Tensor, w_lo: torch.Tensor, kind: int
               x16: bool = False):
     """x (B, N, H, D) unit stride in D; (w_hi, w_lo) from `split_projection(w, x.dtype)` (or `fused_projection`
     with its split and x16). MODE_QUERY / MODE_KEY (needs offset (B*H,) fp32) -> features (B, N, H, m) of
-    out_dtype; MODE_BLOCK_MAX -> the per-(batch*head) max exponent (B*H,) fp32; MODE_ROW_MAX -> each row's
-    max_j (x W'^T)_j (B*H, N) fp32. split=False: one product with w_hi only (enough for a stabiliser); default:
-    both halves for 16-bit x."""
+    out_dtype; MODE_BLOCK_MAX -> the per-(batch*head) max exponent (B*H,) fp32. split=False: one product with
+    w_hi only (enough for a stabiliser); default: both halves for 16-bit x."""
     B, N, H, D = x.shape
     M = w_hi.shape[0]
     BD = max(16, _pow2(D))
     split = _split(x.dtype) if split is None else split
     common = dict(H=H, D=D, M=M, BD=BD, KIND=kind, MODE=mode, SPLIT=split, X16=x16, PREC=_prec(x.dtype))
-    if mode in (MODE_BLOCK_MAX, MODE_ROW_MAX):
+    if mode == MODE_BLOCK_MAX:
         bn, bm, warps, stages = KEY_MAX_CONFIG
         bm = min(bm, max(16, _pow2(M)))
         NB = triton.cdiv(N, bn)
-        part = torch.empty(B * H, NB if mode == MODE_BLOCK_MAX else N, device=x.device, dtype=torch.float32)
+        part = torch.empty(B * H, NB, device=x.device, dtype=torch.float32)
         launch_fewer_stages(_favor_fwd_kernel, (NB, B * H), x, w_hi, w_lo, part, part, *_strides(x), 0, 0, 0, N,
                             NB, 0.5 / D ** 0.5, M ** -0.5, kernel_eps, BN=bn, BM=bm, num_warps=warps,
                             num_stages=stages, **common)
-        return part.amax(dim=1) if mode == MODE_BLOCK_MAX else part
+        return part.amax(dim=1)
     NB = triton.cdiv(N, BLOCK_N)
     common.update(BN=BLOCK_N, BM=BLOCK_M, num_warps=NUM_WARPS)
     f = torch.empty(B, N, H, M, device=x.device, dtype=out_dtype)
@@ -655,9 +649,6 @@ def fused_fwd(q, k, v, proj, kind: int, causal: bool, eps: float, kernel_eps: fl
     # the key stabiliser: one 16-bit product is enough for a constant that only has to keep exp in range
     koff = (favor_fwd(k, w_hi, w_lo, KIND_SOFTMAX, MODE_BLOCK_MAX, torch.float32, split=False, x16=X16)
             if kind == KIND_SOFTMAX else dummy32)
-    qmax_pass = QUERY_MAX_PASS and kind == KIND_SOFTMAX
-    qmax = (favor_fwd(q, w_hi, w_lo, KIND_SOFTMAX, MODE_ROW_MAX, torch.float32, split=False, x16=X16)
-            if qmax_pass else dummy32)
     fdt = torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32  # fp16 cannot hold the features' range
     fq = torch.empty(B, Tq, H, M, device=dev, dtype=fdt) if save_for_backward else dummy32
     fk = torch.empty(B, Tk, H, M, device=dev, dtype=fdt) if save_for_backward else dummy32
@@ -682,10 +673,10 @@ def fused_fwd(q, k, v, proj, kind: int, causal: bool, eps: float, kernel_eps: fl
     NCq = triton.cdiv(Tq, BT)
     BK, BV, warps, stages = _fused_blocks("favor_output_fwd", M, V, BT)
     launch_fewer_stages(_favor_output_fwd_kernel, (NCq * triton.cdiv(V, BV), B * H),
-        q, k, v, w_hi, w_lo, koff, qmax, h, z, o, den, fq, fk,
+        q, k, v, w_hi, w_lo, koff, h, z, o, den, fq, fk,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_fstrides(fq), *_fstrides(fk), Tq, NCq, eps, **scal,
         H=H, D=D, M=M, V=V, BT=BT, BD=BD, BK=BK, BV=BV, KIND=kind, CAUSAL=causal, SAVE=save_for_backward,
-        SPLIT=SPLIT, X16=X16, QMAX=qmax_pass, F32=F32, PREC=PREC, num_warps=warps, num_stages=stages)
+        SPLIT=SPLIT, X16=X16, F32=F32, PREC=PREC, num_warps=warps, num_stages=stages)
     return o, {"den": den, "fq": fq, "fk": fk, "h": h, "z": z}
 
 
