@@ -26,7 +26,7 @@ run() {  # name, seconds, command...
 for s in "$@"; do
     case "$s" in
         env) run env 60 $PY -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name(), torch.backends.cudnn.version())" ;;
-        tests) HWATTN_AUTOTUNE=0 run tests "${TESTS_LIMIT:-150}" $PY -m pytest -q -m gpu -p no:cacheprovider ${TESTS:-tests/ops} ;;
+        tests) HWATTN_AUTOTUNE=0 run tests "${TESTS_LIMIT:-150}" $PY -m pytest -q -m "${TESTS_MARK:-gpu}" -p no:cacheprovider ${TESTS:-tests/ops} ;;
         bench) run bench "${BENCH_LIMIT:-330}" $PY scripts/gpu_flash.py --out "$W/bench" --sections bench \
                    --bench-args "${BENCH_ARGS:---d 128 --n 2048,4096,8192,16384 --providers hwattn,sdpa_cudnn,sdpa_flash,flex}" ;;
         bench64) run bench64 200 $PY scripts/gpu_flash.py --out "$W/bench64" --sections bench \
@@ -34,7 +34,8 @@ for s in "$@"; do
         ab) run ab "${AB_LIMIT:-240}" $PY scripts/ab_flash.py --roots "${AB_ROOTS:-.snap_old,.}" --out "$W/ab" ${AB_ARGS:-} ;;
         big) run big 90 $PY scripts/gpu_flash.py --out "$W/big" --sections big ;;
         masks) HWATTN_AUTOTUNE=${MASKS_AUTOTUNE:-0} run masks "${MASKS_LIMIT:-150}" $PY scripts/gpu_masks.py --out "$W/masks" ;;
-        varlen) run varlen 150 $PY scripts/gpu_varlen_decode.py --out "$W/varlen" --budget 120 ;;
+        varlen) run varlen "${VARLEN_LIMIT:-150}" $PY scripts/gpu_varlen_decode.py --out "$W/varlen" \
+                    --budget "${VARLEN_BUDGET:-120}" ${VARLEN_ARGS:-} ;;
         hopper) run hopper "${HOPPER_LIMIT:-200}" $PY scripts/exp_hopper_fwd.py --out "$W/hopper" --n "${HOPPER_N:-16384}" --configs "${HOPPER_CONFIGS:-6}" ;;
         fp8) HWATTN_AUTOTUNE=${FP8_AUTOTUNE:-1} run fp8 "${FP8_LIMIT:-200}" $PY scripts/gpu_fp8.py --out "$W/fp8" ;;
         lowrank) run lowrank "${LOWRANK_LIMIT:-200}" bash -c "${LOWRANK_CMD:?set LOWRANK_CMD}" ;;

@@ -35,6 +35,8 @@ DEVICE = "cuda"
 DTYPE = None
 SMOKE = False
 DEADLINE = None
+SWEEP = False           # --decode-sweep
+SWEEP_SPLITS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 33, 48, 66)
 
 
 def elapsed():
@@ -268,6 +270,39 @@ def time_varlen(rows, shapes, errors):
                     + ", ".join(f"{n} {fl / ms / 1e9:.0f} TF/s" for n, (ms, fl) in results.items()))
 
 
+@guarded("varlen profile")
+def profile_varlen(B, N, causal):
+    """Per-kernel CUDA time (torch.profiler) of one fwd+bwd, dense (B, N) against varlen with B equal lengths:
+    which kernel the varlen gap sits in."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from hwattn.ops.flash import flash_attention
+    from hwattn.ops.flash.varlen import flash_attention_varlen
+    H, D = 16, 128
+    cu = cu_of([N] * B)
+    dense = [torch.randn(B, N, H, D, device=DEVICE, dtype=DTYPE, requires_grad=True) for _ in range(3)]
+    packed = [torch.randn(B * N, H, D, device=DEVICE, dtype=DTYPE, requires_grad=True) for _ in range(3)]
+    for name, fn, xs in (("dense", lambda q, k, v: flash_attention(q, k, v, causal=causal), dense),
+                         ("varlen", lambda q, k, v: flash_attention_varlen(q, k, v, cu, cu, N, N, causal=causal),
+                          packed)):
+        do = torch.randn_like(xs[0])
+        for _ in range(2):
+            torch.autograd.grad(fn(*xs), xs, do)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                torch.autograd.grad(fn(*xs), xs, do)
+            torch.cuda.synchronize()
+        parts = []
+        for e in prof.key_averages():
+            t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+            if t > 0:
+                parts.append((t / 3 / 1e3, e.key))
+        parts.sort(reverse=True)
+        log(f"profile {name} B={B} N={N} {'causal' if causal else 'full'} fwd+bwd: "
+            + ", ".join(f"{k[:40]} {ms:.3f} ms" for ms, k in parts[:6]))
+
+
 # --------------------------------------------------------------------------------------------- decode timing
 
 @guarded("copy bandwidth")
@@ -370,7 +405,30 @@ def time_decode(rows, split_rows, lengths, copy_gbps, errors):
             log(f"decode L={L} random lengths: " + ", ".join(f"{n} {ms * 1e3:.0f}us" for n, ms in rnd.items()))
             del kc, vc, mask
 
-            if L == max(lengths) and time_left() > 15:
+            if SWEEP and time_left() > 20:
+                # num_splits x launch config, kernels only: which split count fills the GPU best per config
+                best = (float("inf"), None)
+                for cfg in dec._DECODE_CONFIGS:
+                    bn, w, st = cfg
+                    if not dec._decode_fits(bn, st, D):
+                        continue
+                    line = []
+                    for s in SWEEP_SPLITS:
+                        if time_left() < 15:
+                            break
+                        ms = try_bench(f"sweep {cfg} splits {s}", lambda: dec.decode_fwd(
+                            q, k, v, full, True, D ** -0.5, s,
+                            config={"BLOCK_N": bn, "num_warps": w, "num_stages": st}), errors, rep=25)
+                        split_rows.append({"cache_len": L, "num_splits": s, "config": str(cfg), "ms": round(ms, 4),
+                                           "kv_GBps": round(kv_bytes / (ms * 1e-3) / 1e9, 0) if ms == ms else "",
+                                           "heuristic": s == splits})
+                        line.append(f"{s}:{ms * 1e3:.0f}")
+                        if ms < best[0]:
+                            best = (ms, (cfg, s))
+                    log(f"decode sweep L={L} cfg {cfg} (us per num_splits): " + " ".join(line))
+                log(f"decode sweep L={L}: best {best[1]} {best[0] * 1e3:.0f} us "
+                    f"({kv_bytes / (best[0] * 1e-3) / 1e9:.0f} GB/s); heuristic splits {splits}")
+            elif L == max(lengths) and time_left() > 15:
                 for s in (1, 4, 8, 16, 33, 64, 128, 256):
                     ms = try_bench(f"splits {s}", lambda: dec.decode_fwd(q, k, v, full, True, D ** -0.5, s), errors,
                                    rep=30)
@@ -452,6 +510,8 @@ def print_tables(corr, varlen_rows, decode_rows, split_rows, copy_gbps, errors):
     if split_rows:
         print("\n=== num_splits sweep ===")
         for r in split_rows:
+            if "config" in r:
+                continue  # --decode-sweep rows: summarised in the log lines above, all in splits.csv
             print(f"L={r['cache_len']} splits={r['num_splits']:>3}: {r['ms'] * 1e3:.0f} us"
                   f"{'  <- heuristic' if r['heuristic'] else ''}")
     if errors:
@@ -468,8 +528,14 @@ def main():
     ap.add_argument("--cache", default="32768,65536,131072")
     ap.add_argument("--autotune", action="store_true", help="autotune the varlen and dense kernels (slower start)")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU dry run (TRITON_INTERPRET=1) of this script")
+    ap.add_argument("--decode-sweep", action="store_true",
+                    help="per cache length: every decode launch config x num_splits (kernels only)")
+    ap.add_argument("--skip-varlen", action="store_true", help="decode only (no varlen correctness or timings)")
+    ap.add_argument("--profile-varlen", action="store_true",
+                    help="per-kernel times of dense vs varlen fwd+bwd at the last --varlen-shapes entry")
     args = ap.parse_args()
-    global DEVICE, DTYPE, SMOKE, DEADLINE
+    global DEVICE, DTYPE, SMOKE, DEADLINE, SWEEP
+    SWEEP = args.decode_sweep
     DEADLINE = T0 + args.budget
     if args.smoke:
         os.environ["TRITON_INTERPRET"] = "1"
@@ -482,13 +548,18 @@ def main():
     log(f"torch {torch.__version__}, triton {triton.__version__}, "
         f"{torch.cuda.get_device_name() if DEVICE == 'cuda' else 'CPU (smoke run)'}")
     corr, varlen_rows, decode_rows, split_rows, errors = [], [], [], [], []
-    check_varlen(corr)
+    if not args.skip_varlen:
+        check_varlen(corr)
     check_decode(corr)
     write_csv(os.path.join(args.out, "correctness.csv"), corr)
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.varlen_shapes.split(",")]
     if SMOKE:
         shapes = [(2, 48)]
-    time_varlen(varlen_rows, shapes, errors)
+    if not args.skip_varlen:
+        time_varlen(varlen_rows, shapes, errors)
+    if args.profile_varlen and not SMOKE:
+        for causal in (False, True):
+            profile_varlen(*shapes[-1], causal)
     write_csv(os.path.join(args.out, "varlen.csv"), varlen_rows)
     copy_gbps = copy_bandwidth()
     log(f"copy bandwidth: {copy_gbps or float('nan'):.0f} GB/s (read + write)")

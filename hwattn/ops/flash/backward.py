@@ -135,25 +135,25 @@ def _dkdv_sparse(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm,
     do_tile = offs_m[:, None] * stride_dom + offs_d[None, :]
     dq_tile = offs_m[:, None] * stride_dqm + offs_d[None, :]  # used with ATOMIC_DQ only
     mask_tile = offs_m[None, :] * MASK_BLOCK_N + (col_in_tile + offs_n)[:, None]  # transposed read
-    count = tl.load(NUM + list_off)
-    for i in range(0, count):
-        qb = tl.load(IDX + list_off * n_mask_rows + i)
-        tile_base = TILES
+    # one loop over (listed block, sub-block) pairs, one step in its body (`_fwd_sparse`)
+    subs: tl.constexpr = MASK_BLOCK_M // BLOCK_M
+    for j in range(0, tl.load(NUM + list_off) * subs):
+        sub = j % subs
+        qb = tl.load(IDX + list_off * n_mask_rows + j // subs)
+        tile_ptrs = TILES + sub * BLOCK_M * MASK_BLOCK_N + mask_tile
         if PARTIAL:
-            tile_base = TILES + tl.load(TILE_OF + list_off * n_mask_rows + qb).to(tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
-        for sub in tl.static_range(MASK_BLOCK_M // BLOCK_M):
-            start_m = qb * MASK_BLOCK_M + sub * BLOCK_M
-            rows = start_m + offs_m
-            dq_ptrs = None
-            if ATOMIC_DQ:
-                dq_ptrs = dq_base + start_m.to(tl.int64) * stride_dqm + dq_tile
-            dk, dv = _dkdv_step(dk, dv, k, v, q_base + start_m.to(tl.int64) * stride_qm + qt_tile,
-                                do_base + start_m.to(tl.int64) * stride_dom + do_tile, lse_base + rows,
-                                delta_base + rows, rows, cols, n_q, n_k, qk_scale,
-                                tile_base + sub * BLOCK_M * MASK_BLOCK_N + mask_tile,
-                                BLOCK_D, HEAD_DIM, PARTIAL, False, PARTIAL, DOT_PRECISION,
-                                0, 0, softcap_log2, alibi_slope, rel_bias_row, False, SOFTCAP, ALIBI, REL_BIAS,
-                                dq_ptrs, softmax_scale, ATOMIC_DQ)
+            tile_ptrs += tl.load(TILE_OF + list_off * n_mask_rows + qb).to(tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
+        start_m = qb * MASK_BLOCK_M + sub * BLOCK_M
+        rows = start_m + offs_m
+        dq_ptrs = None
+        if ATOMIC_DQ:
+            dq_ptrs = dq_base + start_m.to(tl.int64) * stride_dqm + dq_tile
+        dk, dv = _dkdv_step(dk, dv, k, v, q_base + start_m.to(tl.int64) * stride_qm + qt_tile,
+                            do_base + start_m.to(tl.int64) * stride_dom + do_tile, lse_base + rows,
+                            delta_base + rows, rows, cols, n_q, n_k, qk_scale, tile_ptrs,
+                            BLOCK_D, HEAD_DIM, PARTIAL, False, PARTIAL, DOT_PRECISION,
+                            0, 0, softcap_log2, alibi_slope, rel_bias_row, False, SOFTCAP, ALIBI, REL_BIAS,
+                            dq_ptrs, softmax_scale, ATOMIC_DQ)
     return dk, dv
 
 
@@ -370,19 +370,19 @@ def _dq_sparse(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows
     kt_tile = offs_n[None, :] * stride_kn + offs_d[:, None]
     vt_tile = offs_n[None, :] * stride_vn + offs_d[:, None]
     mask_tile = (row_in_tile + offs_m)[:, None] * MASK_BLOCK_N + offs_n[None, :]
-    count = tl.load(NUM + list_off)
-    for i in range(0, count):
-        kb = tl.load(IDX + list_off * n_mask_cols + i)
-        tile_base = TILES
+    subs: tl.constexpr = MASK_BLOCK_N // BLOCK_N  # one loop over (block, sub-block) pairs: `_fwd_sparse`
+    for j in range(0, tl.load(NUM + list_off) * subs):
+        sub = j % subs
+        kb = tl.load(IDX + list_off * n_mask_cols + j // subs)
+        tile_ptrs = TILES + sub * BLOCK_N + mask_tile
         if PARTIAL:
-            tile_base = TILES + tl.load(TILE_OF + list_off * n_mask_cols + kb).to(tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
-        for sub in tl.static_range(MASK_BLOCK_N // BLOCK_N):
-            start_n = kb * MASK_BLOCK_N + sub * BLOCK_N
-            dq = _dq_step(dq, q, do, lse, delta, k_base + start_n.to(tl.int64) * stride_kn + kt_tile,
-                          v_base + start_n.to(tl.int64) * stride_vn + vt_tile, rows, start_n + offs_n, n_q, n_k,
-                          qk_scale, tile_base + sub * BLOCK_N + mask_tile, BLOCK_D, HEAD_DIM, PARTIAL, False,
-                          PARTIAL, DOT_PRECISION, 0, 0, softcap_log2, alibi_slope, rel_bias_row, drel_bias_row,
-                          False, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD)
+            tile_ptrs += tl.load(TILE_OF + list_off * n_mask_cols + kb).to(tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
+        start_n = kb * MASK_BLOCK_N + sub * BLOCK_N
+        dq = _dq_step(dq, q, do, lse, delta, k_base + start_n.to(tl.int64) * stride_kn + kt_tile,
+                      v_base + start_n.to(tl.int64) * stride_vn + vt_tile, rows, start_n + offs_n, n_q, n_k,
+                      qk_scale, tile_ptrs, BLOCK_D, HEAD_DIM, PARTIAL, False,
+                      PARTIAL, DOT_PRECISION, 0, 0, softcap_log2, alibi_slope, rel_bias_row, drel_bias_row,
+                      False, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD)
     return dq
 
 

@@ -234,9 +234,11 @@ def _bucket(n: int) -> int:
 
 
 def decode_fwd(q, k_cache, v_cache, cache_seqlens, causal: bool, softmax_scale: float, num_splits: int,
-               mods: ScoreMods | None = None):
+               mods: ScoreMods | None = None, config: dict | None = None):
     """Inputs validated, last dim contiguous. Returns O (B, Nq, Hq, D) like q and the log2-domain LSE
-    (B, Hq, Nq) float32 (-inf on rows that see no key). mods: window, ALiBi, softcap (no rel_bias)."""
+    (B, Hq, Nq) float32 (-inf on rows that see no key). mods: window, ALiBi, softcap (no rel_bias).
+    config: {"BLOCK_N", "num_warps", "num_stages"} for the split kernel instead of the autotuner / the fixed
+    default (benchmarks and sweeps)."""
     B, n_q, n_heads, head_dim = q.shape
     max_len, n_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = n_heads // n_kv_heads
@@ -261,7 +263,9 @@ def decode_fwd(q, k_cache, v_cache, cache_seqlens, causal: bool, softmax_scale: 
     meta = dict(CAUSAL=causal, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, SINGLE_SPLIT=single,
                 DOT_PRECISION=dot_precision(q.dtype), **score_mod_kwargs(mods, q.device))
     grid = (num_splits, m_tiles, B * n_kv_heads)
-    if _decode_autotuned is None or not autotune_enabled():
+    if config is not None:
+        _decode_split_kernel[grid](*args, **meta, **config)
+    elif _decode_autotuned is None or not autotune_enabled():
         _decode_split_kernel[grid](*args, **meta, **_fixed_decode_config(head_dim))
     else:
         _decode_autotuned[grid](*args, **meta)
