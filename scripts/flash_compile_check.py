@@ -20,6 +20,7 @@ serialised its wgmmas (note C7515 and kin: every wgmma then waits for the previo
 """
 import argparse
 import collections
+import inspect
 import itertools
 import json
 import os
@@ -139,8 +140,12 @@ def enumerate_launches(root, plain_only=False, quick=False, dtype_names=None):
                 continue
             cu = torch.empty(3, device=meta, dtype=torch.int32)
             qv, kv_, vv = (torch.empty(2 * n, H, d, device=meta, dtype=dtype) for _ in range(3))
-            o, lse = varlen.varlen_fwd(qv, kv_, vv, cu, cu, n, n, causal, 0.1, **extra)
-            varlen.varlen_bwd(torch.empty_like(o), qv, kv_, vv, o, lse, cu, cu, n, n, causal, 0.1, **extra)
+            # lengths_16 (every length a multiple of 16, the host's finding) where the checkout has it
+            for aligned in ((False, True) if "lengths_16" in inspect.signature(varlen.varlen_fwd).parameters
+                            else (None,)):
+                vextra = dict(extra, **({} if aligned is None else {"lengths_16": aligned}))
+                o, lse = varlen.varlen_fwd(qv, kv_, vv, cu, cu, n, n, causal, 0.1, **vextra)
+                varlen.varlen_bwd(torch.empty_like(o), qv, kv_, vv, o, lse, cu, cu, n, n, causal, 0.1, **vextra)
     finally:
         for (mod, name), fn in saved.items():
             setattr(mod, name, fn)

@@ -13,10 +13,11 @@ BLOCK = 32 if DEV == "cpu" else 128
 
 
 def _dense(mask_mod, B, H, n_q, n_k):
-    b = torch.arange(B)[:, None, None, None]
-    h = torch.arange(H)[None, :, None, None]
-    q = torch.arange(n_q)[None, None, :, None]
-    kv = torch.arange(n_k)[None, None, None, :]
+    # indices on DEV: a mask_mod may hold tensors there (document ids)
+    b = torch.arange(B, device=DEV)[:, None, None, None]
+    h = torch.arange(H, device=DEV)[None, :, None, None]
+    q = torch.arange(n_q, device=DEV)[None, None, :, None]
+    kv = torch.arange(n_k, device=DEV)[None, None, None, :]
     return mask_mod(b, h, q, kv).expand(B, H, n_q, n_k)
 
 
@@ -91,11 +92,11 @@ def test_bottom_right_causal_with_unequal_lengths_and_empty_rows():
 
 def test_skipped_blocks_are_never_read():
     """NaN in every key block the mask leaves empty: the result is still exact, so they were skipped."""
-    n = 128
+    n = 4 * BLOCK
     _check(masks.and_masks(masks.causal(), masks.sliding_window(left=10)), n_q=n, n_k=n,
            nan_in_skipped=False)
-    # a mask whose last key blocks no query sees: keys [64, 128) invisible to all
-    _check(lambda b, h, q, kv: (kv < 64) & (kv <= q + 10), n_q=n, n_k=n, nan_in_skipped=True)
+    # a mask whose last key blocks no query sees: keys [2 BLOCK, 4 BLOCK) invisible to all
+    _check(lambda b, h, q, kv: (kv < 2 * BLOCK) & (kv <= q + 10), n_q=n, n_k=n, nan_in_skipped=True)
 
 
 def test_block_structure_and_density():

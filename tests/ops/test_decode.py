@@ -129,13 +129,14 @@ def test_large_logits():
 
 def test_num_splits_heuristic():
     sms = 132
-    # B * Hkv = 64 programs on 132 SMs: split until ~16 programs per SM
-    s = choose_num_splits(64, 32768, sms)
-    assert s * 64 >= 16 * sms and (s - 1) * 64 < 16 * sms
-    assert choose_num_splits(16 * sms, 1 << 17, sms) == 1       # enough programs already
+    # B * Hkv = 64 programs on 132 SMs: one wave of about one program per SM
+    assert choose_num_splits(64, 32768, sms) == 2
+    assert choose_num_splits(sms, 1 << 17, sms) == 1            # enough programs already
+    assert choose_num_splits(4 * sms, 1 << 17, sms) == 1
     assert choose_num_splits(1, 1100, sms) == 2                  # never below 512 keys per split
     assert choose_num_splits(1, 600, sms) == 1
-    assert choose_num_splits(1, 1 << 20, sms) == MAX_SPLITS
+    assert choose_num_splits(1, 1 << 20, sms) == sms
+    assert choose_num_splits(1, 1 << 20, 2 * MAX_SPLITS) == MAX_SPLITS
     for programs in (1, 7, 64, 500):
         for length in (1, 255, 4096, 131072):
             assert 1 <= choose_num_splits(programs, length, sms) <= MAX_SPLITS

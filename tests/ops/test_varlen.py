@@ -284,6 +284,29 @@ def test_gpu_bf16_window_and_mods(causal, window):
            alibi_slopes=torch.rand(len(lq), 8, device="cuda"), softcap=30.0)
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_lengths_that_are_multiples_of_16(causal):
+    """Every length a multiple of 16 (0 included) lets the kernels tell the compiler so (LENGTHS_16); one
+    length off by one does not. Both against float64."""
+    from hwattn.ops.flash.varlen import _check_cu_seqlens
+    lq, lk = [32, 16, 0, 48], [16, 48, 32, 0] if not causal else [32, 16, 0, 48]
+    q, k, _ = _inputs(lq, lk, 1, 2, 16, torch.float32)
+    assert _check_cu_seqlens(q, k, _cu(lq), _cu(lk))[2]
+    _check(lq, lk, 2, 16, causal, torch.float32)
+    lq2 = [32, 17, 0, 48]
+    q2, _, _ = _inputs(lq2, lk, 1, 2, 16, torch.float32)
+    assert not _check_cu_seqlens(q2, k, _cu(lq2), _cu(lk))[2]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_gpu_bf16_lengths_multiple_of_16(causal):
+    torch.manual_seed(0)
+    lq = [16, 320, 128, 1024, 64]
+    lk = lq if not causal else [32, 320, 208, 1024, 16]
+    _check(lq, lk, 4, 128, causal, torch.bfloat16, device="cuda")
+
+
 def test_host_check_is_redone_after_an_in_place_change():
     """The cu_seqlens check is remembered per tensor and version: an in-place edit is checked again."""
     args = _ok()
