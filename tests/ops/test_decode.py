@@ -137,6 +137,10 @@ def test_num_splits_heuristic():
     assert choose_num_splits(1, 600, sms) == 1
     assert choose_num_splits(1, 1 << 20, sms) == sms
     assert choose_num_splits(1, 1 << 20, 2 * MAX_SPLITS) == MAX_SPLITS
+    # unequal lengths: ~16 programs per SM, several waves to even the load out
+    s = choose_num_splits(64, 32768, sms, equal_lengths=False)
+    assert s * 64 >= 16 * sms and (s - 1) * 64 < 16 * sms
+    assert choose_num_splits(16 * sms, 1 << 17, sms, equal_lengths=False) == 1
     for programs in (1, 7, 64, 500):
         for length in (1, 255, 4096, 131072):
             assert 1 <= choose_num_splits(programs, length, sms) <= MAX_SPLITS

@@ -211,18 +211,24 @@ def _sm_count(device: torch.device) -> int:
     return _SM_COUNT[idx]
 
 
-def choose_num_splits(num_programs: int, max_cache_len: int, num_sms: int, min_keys_per_split: int = 512) -> int:
-    """How many splits of the cache per (batch, kv head, row tile): about one program per SM, in one wave.
+def choose_num_splits(num_programs: int, max_cache_len: int, num_sms: int, min_keys_per_split: int = 512,
+                      equal_lengths: bool = True, programs_per_sm: int = 16) -> int:
+    """How many splits of the cache per (batch, kv head, row tile).
 
-    Decoding is bound by reading the cache, and every split of a sequence does the same work. Measured on an
-    H200 (B = 8, Hkv = 8, D = 128: 64 programs on 132 SMs, caches 32k-128k, `scripts/gpu_varlen_decode.py
-    --decode-sweep`, 2026-12-02): 2 splits with 64-key blocks and 4 stages (one program per SM, 128 KB of K/V
-    in flight) read at 4290-4480 GB/s, the fastest or within 0.3% of it; the former target of ~16 programs per
-    SM (33 splits: more programs, each ramping its pipeline up and down) 3-8% slower. So: as many splits as
-    fit the SMs once, never more than one program an SM would take at a time, never below
-    `min_keys_per_split` keys a split (the pipeline's ramp-up) and never above MAX_SPLITS.
+    Decoding is bound by reading the cache; every split of a sequence does the same share of that sequence.
+    Equal lengths: about one program per SM, in one wave. Measured on an H200 (B = 8, Hkv = 8, D = 128: 64
+    programs on 132 SMs, full caches 32k-128k, `scripts/gpu_varlen_decode.py --decode-sweep`, 2026-12-02):
+    2 splits with 64-key blocks and 4 stages (one program per SM, 128 KB of K/V in flight) read at
+    4290-4480 GB/s, the fastest or within 0.3% of it; ~16 programs per SM (33 splits: each program ramps its
+    pipeline up and down) was 3-8% slower. Unequal lengths: the programs of the longest sequence would set
+    the time of that one wave (lengths in [L/2, L]: 477 us against 396 us at 64k, same session), so then aim
+    for ~`programs_per_sm` programs per SM, several waves that even the load out. Never below
+    `min_keys_per_split` keys a split (the pipeline's ramp-up), never above MAX_SPLITS.
     """
-    wanted = max(1, num_sms // max(1, num_programs))
+    if equal_lengths:
+        wanted = num_sms // max(1, num_programs)  # one wave, at most one program an SM
+    else:
+        wanted = -(-programs_per_sm * num_sms // max(1, num_programs))
     most = max(1, max_cache_len // min_keys_per_split)
     return max(1, min(wanted, most, MAX_SPLITS))
 
@@ -362,14 +368,16 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k_cache, v_cache)):
         raise RuntimeError("flash_decode is forward-only (no autograd), but an input requires grad: call it "
                            "under torch.no_grad() / torch.inference_mode(), or use flash_attention to train")
-    hi = _checked.get((cache_seqlens,), max_len)
-    if hi is None:
+    known = _checked.get((cache_seqlens,), max_len)
+    if known is None:
         lengths = cache_seqlens.cpu()
         lo, hi = int(lengths.min()), int(lengths.max())
         if lo < 0 or hi > max_len:
             bad = int(lengths[(lengths < 0) | (lengths > max_len)][0])
             raise ValueError(f"cache_seqlens must lie in [0, max_cache_len={max_len}], got {bad}")
-        _checked.put((cache_seqlens,), max_len, hi)
+        _checked.put((cache_seqlens,), max_len, (lo, hi))
+    else:
+        lo, hi = known
     check_kernel_device("flash_decode", q, k_cache, v_cache)
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(head_dim)
@@ -378,7 +386,8 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     if num_splits is None:
         n_rows = n_q * (n_heads // n_kv_heads)
         m_tiles = -(-n_rows // min(MAX_ROWS_PER_TILE, max(16, triton.next_power_of_2(n_rows))))
-        num_splits = choose_num_splits(B * n_kv_heads * m_tiles, max(hi, 1), _sm_count(q.device))
+        num_splits = choose_num_splits(B * n_kv_heads * m_tiles, max(hi, 1), _sm_count(q.device),
+                                       equal_lengths=lo == hi)
     q, k_cache, v_cache = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k_cache, v_cache))
     out, lse2 = decode_fwd(q, k_cache, v_cache, cache_seqlens, causal, softmax_scale, num_splits, mods)
     if not return_lse:
