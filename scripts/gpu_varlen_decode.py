@@ -342,12 +342,9 @@ def time_decode(rows, split_rows, lengths, copy_gbps, errors):
         kv_bytes = 2 * B * L * Hkv * D * itemsize
         res = {}
         with torch.no_grad():
-            os.environ["HWATTN_AUTOTUNE"] = "1"
-            res["hwattn (autotuned)"] = try_bench("hwattn autotuned", lambda: dec.flash_decode(q, k, v, full), errors)
-            os.environ["HWATTN_AUTOTUNE"] = "0"
-            res["hwattn (fixed cfg)"] = try_bench("hwattn fixed", lambda: dec.flash_decode(q, k, v, full), errors)
+            res["hwattn"] = try_bench("hwattn", lambda: dec.flash_decode(q, k, v, full), errors)
             splits = dec.choose_num_splits(B * Hkv, L, dec._sm_count(q.device))
-            res["hwattn kernels only (fixed cfg)"] = try_bench(
+            res["hwattn kernels only"] = try_bench(
                 "hwattn kernels", lambda: dec.decode_fwd(q, k, v, full, True, D ** -0.5, splits), errors)
             qs, ks, vs = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             kc, vc = ks.contiguous(), vs.contiguous()
@@ -378,9 +375,7 @@ def time_decode(rows, split_rows, lengths, copy_gbps, errors):
             lens_dev = lens.to(DEVICE)
             read_bytes = 2 * int(lens.sum()) * Hkv * D * itemsize
             rnd = {}
-            os.environ["HWATTN_AUTOTUNE"] = "1"
-            rnd["hwattn (autotuned)"] = try_bench("hwattn random", lambda: dec.flash_decode(q, k, v, lens_dev), errors)
-            os.environ["HWATTN_AUTOTUNE"] = "0"
+            rnd["hwattn"] = try_bench("hwattn random", lambda: dec.flash_decode(q, k, v, lens_dev), errors)
             mask = (torch.arange(L, device=DEVICE)[None, :] < lens_dev[:, None])[:, None, None, :]
             for bname in ("efficient", "cudnn", "flash"):
                 def masked(be=backends[bname], kk=kc, vv=vc):
@@ -428,6 +423,22 @@ def time_decode(rows, split_rows, lengths, copy_gbps, errors):
                     log(f"decode sweep L={L} cfg {cfg} (us per num_splits): " + " ".join(line))
                 log(f"decode sweep L={L}: best {best[1]} {best[0] * 1e3:.0f} us "
                     f"({kv_bytes / (best[0] * 1e-3) / 1e9:.0f} GB/s); heuristic splits {splits}")
+                # the same for the random lengths: the heuristic's split count for unequal lengths and around it
+                r_splits = dec.choose_num_splits(B * Hkv, L, dec._sm_count(q.device), equal_lengths=False)
+                for cfg in dec._DECODE_CONFIGS:
+                    bn, w, st = cfg
+                    if not dec._decode_fits(bn, st, D) or time_left() < 15:
+                        continue
+                    line = []
+                    for s in sorted({2, 4, 8, max(1, r_splits // 2), r_splits, min(256, 2 * r_splits)}):
+                        ms = try_bench(f"sweep random {cfg} splits {s}", lambda: dec.decode_fwd(
+                            q, k, v, lens_dev, True, D ** -0.5, s,
+                            config={"BLOCK_N": bn, "num_warps": w, "num_stages": st}), errors, rep=25)
+                        split_rows.append({"cache_len": L, "lengths": "random", "num_splits": s, "config": str(cfg),
+                                           "ms": round(ms, 4), "heuristic": s == r_splits})
+                        line.append(f"{s}:{ms * 1e3:.0f}")
+                    log(f"decode sweep L={L} random lengths cfg {cfg} (us per num_splits): " + " ".join(line)
+                        + f" (heuristic {r_splits})")
             elif L == max(lengths) and time_left() > 15:
                 for s in (1, 4, 8, 16, 33, 64, 128, 256):
                     ms = try_bench(f"splits {s}", lambda: dec.decode_fwd(q, k, v, full, True, D ** -0.5, s), errors,
@@ -441,9 +452,6 @@ def time_decode(rows, split_rows, lengths, copy_gbps, errors):
         del q, k, v
         if not SMOKE:
             torch.cuda.empty_cache()
-    tuned = getattr(dec._decode_autotuned, "cache", {}) if dec._decode_autotuned is not None else {}
-    for key, cfg in tuned.items():
-        log(f"decode autotune {key}: {cfg}")
 
 
 # --------------------------------------------------------------------------------------------- report

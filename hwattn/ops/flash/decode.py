@@ -29,7 +29,6 @@ import triton.language as tl
 from ..._checks import check_bool, check_same, check_scale, check_tensor
 from ..._runtime import check_kernel_device, interpreting
 from .common import LN2, LOG2E, kv_ranges
-from .configs import autotune_enabled
 from .forward import _fwd_inner, dot_precision
 from .interface import MAX_HEAD_DIM, SUPPORTED_DTYPES
 from .score_mods import ScoreMods, check_score_mods, resolve_window, score_mod_kwargs
@@ -48,7 +47,7 @@ def _decode_split_kernel(Q, K, V, SEQLENS, O_PART, LSE_PART, O, LSE,
                          stride_kb, stride_kn, stride_kh,
                          stride_vb, stride_vn, stride_vh,
                          stride_ob, stride_om, stride_oh,
-                         n_q, num_kv_heads, group_size, num_splits, qk_scale, len_bucket,
+                         n_q, num_kv_heads, group_size, num_splits, qk_scale,
                          CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_SPLIT: tl.constexpr,
                          DOT_PRECISION: tl.constexpr,
@@ -168,26 +167,16 @@ def _decode_merge_kernel(O_PART, LSE_PART, O, LSE, stride_ob, stride_om, stride_
     tl.store(LSE + (b * num_kv_heads * group_size + h).to(tl.int64) * n_q + qi, lse, mask=row_ok)
 
 
-# (BLOCK_N, num_warps, num_stages): the split loop is bound by reading K/V, so the list varies how many
-# bytes are in flight per program.
+# (BLOCK_N, num_warps, num_stages) that `scripts/gpu_varlen_decode.py --decode-sweep` times against num_splits.
+# There is no autotuner: the split loop only streams K/V, one config (`_fixed_decode_config`) was the fastest or
+# within 0.3% of it at every full-cache length swept (H200, 2026-12-02), and the autotuner's pick, timed on the
+# first call, once cost 336 against 254 us at a 32k cache (the same session's fixed config).
 _DECODE_CONFIGS = [(64, 4, 3), (64, 4, 4), (128, 4, 3), (128, 8, 3), (32, 4, 4), (64, 2, 4)]
 
 
 def _decode_fits(block_n, num_stages, head_dim, itemsize=2):
     block_d = max(16, triton.next_power_of_2(head_dim))
     return 2 * block_n * block_d * itemsize * num_stages <= 160 * 1024  # K and V stages in shared memory
-
-
-def _prune_decode(configs_list, named_args, **kwargs):
-    head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
-    kept = [c for c in configs_list if _decode_fits(c.kwargs["BLOCK_N"], c.num_stages, head_dim)]
-    return kept or [triton.Config({"BLOCK_N": 32}, num_warps=4, num_stages=2)]
-
-
-_decode_autotuned = None if interpreting() else triton.autotune(
-    configs=[triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s) for bn, w, s in _DECODE_CONFIGS],
-    key=["len_bucket", "HEAD_DIM", "BLOCK_M", "CAUSAL", "SINGLE_SPLIT", "DOT_PRECISION", "WINDOW", "SOFTCAP", "ALIBI"],
-    prune_configs_by={"early_config_prune": _prune_decode})(_decode_split_kernel)
 
 
 def _fixed_decode_config(head_dim: int) -> dict:
@@ -233,18 +222,14 @@ def choose_num_splits(num_programs: int, max_cache_len: int, num_sms: int, min_k
     return max(1, min(wanted, most, MAX_SPLITS))
 
 
-def _bucket(n: int) -> int:
-    return min(1 << max(n - 1, 1).bit_length(), 1 << 17)
-
-
 def decode_fwd(q, k_cache, v_cache, cache_seqlens, causal: bool, softmax_scale: float, num_splits: int,
                mods: ScoreMods | None = None, config: dict | None = None):
     """Inputs validated, last dim contiguous. Returns O (B, Nq, Hq, D) like q and the log2-domain LSE
     (B, Hq, Nq) float32 (-inf on rows that see no key). mods: window, ALiBi, softcap (no rel_bias).
-    config: {"BLOCK_N", "num_warps", "num_stages"} for the split kernel instead of the autotuner / the fixed
-    default (benchmarks and sweeps)."""
+    config: {"BLOCK_N", "num_warps", "num_stages"} for the split kernel instead of the fixed default
+    (benchmarks and sweeps)."""
     B, n_q, n_heads, head_dim = q.shape
-    max_len, n_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    n_kv_heads = k_cache.shape[2]
     group = n_heads // n_kv_heads
     n_rows = n_q * group
     block_m = min(MAX_ROWS_PER_TILE, max(16, triton.next_power_of_2(n_rows)))
@@ -263,16 +248,11 @@ def decode_fwd(q, k_cache, v_cache, cache_seqlens, causal: bool, softmax_scale: 
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
             o.stride(0), o.stride(1), o.stride(2),
-            n_q, n_kv_heads, group, num_splits, softmax_scale * LOG2E, _bucket(triton.cdiv(max_len, num_splits)))
+            n_q, n_kv_heads, group, num_splits, softmax_scale * LOG2E)
     meta = dict(CAUSAL=causal, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, SINGLE_SPLIT=single,
                 DOT_PRECISION=dot_precision(q.dtype), **score_mod_kwargs(mods, q.device))
     grid = (num_splits, m_tiles, B * n_kv_heads)
-    if config is not None:
-        _decode_split_kernel[grid](*args, **meta, **config)
-    elif _decode_autotuned is None or not autotune_enabled():
-        _decode_split_kernel[grid](*args, **meta, **_fixed_decode_config(head_dim))
-    else:
-        _decode_autotuned[grid](*args, **meta)
+    _decode_split_kernel[grid](*args, **meta, **(config or _fixed_decode_config(head_dim)))
     if not single:
         block_r = 16
         _decode_merge_kernel[(B * n_kv_heads, triton.cdiv(n_rows, block_r))](
