@@ -567,11 +567,11 @@ def backward_schedule(causal: bool, block_mask, mods=None) -> str:
       split:  dK/dV, then dQ (two launches, each with its own tuned tiles);
       atomic: one dK/dV launch that also adds dQ with fp32 atomics (FlashAttention-2's own schedule, 5 block
               matmuls instead of 7); dQ's summation order over key blocks then varies from run to run;
-      auto (default): fused for dense causal attention and for block masks, split otherwise (measured on an
-              H200, 2026-12-01, docs/hopper.md: dense causal fused 1.00-1.04x the split speed, dense non-causal
-              0.88-0.92x; re-timed 2026-12-02 after the wgmma fix, docs/flash_status.md: kept. Block masks were
-              0.95-0.97x until the sparse walks became one loop; since then fused is 1.02x on all three masks
-              of scripts/gpu_masks.py, H200 2026-12-02).
+      auto (default): fused for dense causal attention, split otherwise (measured on an H200, 2026-12-01,
+              docs/hopper.md: dense causal fused 1.00-1.04x the split speed, dense non-causal 0.88-0.92x;
+              re-timed 2026-12-02 after the wgmma fix, docs/flash_status.md: kept). Block masks, H200
+              2026-12-02 after the sparse walks became one loop: fused 1.02x split with the fixed configs, but
+              0.98-1.00x with autotuning (the default), so split.
     The atomic schedule is opt-in and never taken under torch.use_deterministic_algorithms(True) (it falls back
     to split, with a warning) nor with a learnable rel_bias, whose gradient the dQ pass sums."""
     mode = env_choice("HWATTN_BWD", BACKWARD_SCHEDULES)
@@ -584,7 +584,7 @@ def backward_schedule(causal: bool, block_mask, mods=None) -> str:
             return "split"  # d rel_bias is summed in the dQ pass
         return "atomic"
     if mode == "auto":
-        return "fused" if causal or block_mask is not None else "split"
+        return "fused" if causal and block_mask is None else "split"
     return mode
 
 
