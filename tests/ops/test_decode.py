@@ -146,6 +146,24 @@ def test_num_splits_heuristic():
             assert 1 <= choose_num_splits(programs, length, sms) <= MAX_SPLITS
 
 
+def test_default_num_splits_follows_the_cache_lengths(monkeypatch):
+    """flash_decode's default split count: one wave for equal cache lengths, several waves otherwise (the host
+    check's min and max, remembered with it)."""
+    from hwattn.ops.flash import decode as dec
+    seen = []
+    real = dec.decode_fwd
+    monkeypatch.setattr(dec, "decode_fwd", lambda *a, **kw: seen.append(a[6]) or real(*a, **kw))
+    q, k, v = _inputs(2, 1, 1, 2, 16, torch.float32, max_len=4096)
+    sms = dec._sm_count(q.device)
+    equal = torch.tensor([4096, 4096], dtype=torch.int32)
+    unequal = torch.tensor([4096, 2000], dtype=torch.int32)
+    for lens in (equal, unequal, unequal):  # the third call reuses the remembered host check
+        dec.flash_decode(q, k, v, lens)
+    assert seen == [dec.choose_num_splits(2, 4096, sms), dec.choose_num_splits(2, 4096, sms, equal_lengths=False),
+                    dec.choose_num_splits(2, 4096, sms, equal_lengths=False)]
+    assert seen[0] < seen[1]
+
+
 # --- bad input ---------------------------------------------------------------------------------------
 
 def _ok():
