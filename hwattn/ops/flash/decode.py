@@ -277,7 +277,8 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
             flash_attn_with_kvcache(..., cache_seqlens=..., causal=True) without k/v arguments.
         softmax_scale: scale of QK^T before the softmax, > 0; default 1/sqrt(D).
         num_splits: how many chunks each sequence's cache is cut into (1..256); default: a heuristic from
-            B * Hkv, the cache length and the GPU's SM count (`choose_num_splits`).
+            B * Hkv, the longest cache length, whether all lengths are equal (one wave of about one program
+            per SM) or not (several waves), and the GPU's SM count (`choose_num_splits`).
         return_lse: also return the natural-log log-sum-exp (B, Hq, Nq) float32 (-inf on rows that see
             no key).
         causal: default True: query i (of Nq) sees key j iff j <= i + cache_seqlens[b] - Nq (bottom-right,
