@@ -316,6 +316,46 @@ def copy_bandwidth():
     return 2 * n / (ms * 1e-3) / 1e9  # GB/s, read + write
 
 
+# (BLOCK_N, num_warps, num_stages) that --decode-sweep times against num_splits (flash_decode itself runs one fixed
+# config: hwattn/ops/flash/decode.py `_fixed_decode_config`)
+DECODE_CONFIGS = [(64, 4, 3), (64, 4, 4), (128, 4, 3), (128, 8, 3), (32, 4, 4), (64, 2, 4)]
+
+
+def _decode_fits(block_n, num_stages, head_dim, itemsize=2):
+    block_d = max(16, 1 << (head_dim - 1).bit_length())
+    return 2 * block_n * block_d * itemsize * num_stages <= 160 * 1024  # K and V stages in shared memory
+
+
+def sweep_decode(rows, L, lens, tag, counts, heuristic, nbytes, qkv, errors):
+    """Every DECODE_CONFIGS entry x num_splits in `counts` (kernels only) on cache lengths `lens`; one log line a
+    config, the fastest pair last; rows into splits.csv."""
+    from hwattn.ops.flash import decode as dec
+    q, k, v = qkv
+    D = q.shape[-1]
+    best = (float("inf"), None)
+    for cfg in DECODE_CONFIGS:
+        bn, w, st = cfg
+        if not _decode_fits(bn, st, D):
+            continue
+        line = []
+        for s in counts:
+            if time_left() < 15:
+                break
+            ms = try_bench(f"sweep {tag} {cfg} splits {s}", lambda: dec.decode_fwd(
+                q, k, v, lens, True, D ** -0.5, s, config={"BLOCK_N": bn, "num_warps": w, "num_stages": st}),
+                errors, rep=25)
+            rows.append({"cache_len": L, "lengths": tag, "num_splits": s, "config": str(cfg), "ms": round(ms, 4),
+                         "kv_GBps": round(nbytes / (ms * 1e-3) / 1e9, 0) if ms == ms else "",
+                         "heuristic": s == heuristic})
+            line.append(f"{s}:{ms * 1e3:.0f}")
+            if ms < best[0]:
+                best = (ms, (cfg, s))
+        log(f"decode sweep L={L} {tag} lengths cfg {cfg} (us per num_splits): " + " ".join(line))
+    if best[1] is not None:
+        log(f"decode sweep L={L} {tag} lengths: best {best[1]} {best[0] * 1e3:.0f} us "
+            f"({nbytes / (best[0] * 1e-3) / 1e9:.0f} GB/s); heuristic splits {heuristic}")
+
+
 @guarded("decode timing")
 def time_decode(rows, split_rows, lengths, copy_gbps, errors):
     import torch
@@ -401,44 +441,15 @@ def time_decode(rows, split_rows, lengths, copy_gbps, errors):
             del kc, vc, mask
 
             if SWEEP and time_left() > 20:
-                # num_splits x launch config, kernels only: which split count fills the GPU best per config
-                best = (float("inf"), None)
-                for cfg in dec._DECODE_CONFIGS:
-                    bn, w, st = cfg
-                    if not dec._decode_fits(bn, st, D):
-                        continue
-                    line = []
-                    for s in SWEEP_SPLITS:
-                        if time_left() < 15:
-                            break
-                        ms = try_bench(f"sweep {cfg} splits {s}", lambda: dec.decode_fwd(
-                            q, k, v, full, True, D ** -0.5, s,
-                            config={"BLOCK_N": bn, "num_warps": w, "num_stages": st}), errors, rep=25)
-                        split_rows.append({"cache_len": L, "num_splits": s, "config": str(cfg), "ms": round(ms, 4),
-                                           "kv_GBps": round(kv_bytes / (ms * 1e-3) / 1e9, 0) if ms == ms else "",
-                                           "heuristic": s == splits})
-                        line.append(f"{s}:{ms * 1e3:.0f}")
-                        if ms < best[0]:
-                            best = (ms, (cfg, s))
-                    log(f"decode sweep L={L} cfg {cfg} (us per num_splits): " + " ".join(line))
-                log(f"decode sweep L={L}: best {best[1]} {best[0] * 1e3:.0f} us "
-                    f"({kv_bytes / (best[0] * 1e-3) / 1e9:.0f} GB/s); heuristic splits {splits}")
-                # the same for the random lengths: the heuristic's split count for unequal lengths and around it
+                # num_splits x launch config, kernels only: which split count fills the GPU best per config,
+                # full caches over SWEEP_SPLITS, random lengths around the heuristic's count for unequal lengths
                 r_splits = dec.choose_num_splits(B * Hkv, L, dec._sm_count(q.device), equal_lengths=False)
-                for cfg in dec._DECODE_CONFIGS:
-                    bn, w, st = cfg
-                    if not dec._decode_fits(bn, st, D) or time_left() < 15:
-                        continue
-                    line = []
-                    for s in sorted({2, 4, 8, max(1, r_splits // 2), r_splits, min(256, 2 * r_splits)}):
-                        ms = try_bench(f"sweep random {cfg} splits {s}", lambda: dec.decode_fwd(
-                            q, k, v, lens_dev, True, D ** -0.5, s,
-                            config={"BLOCK_N": bn, "num_warps": w, "num_stages": st}), errors, rep=25)
-                        split_rows.append({"cache_len": L, "lengths": "random", "num_splits": s, "config": str(cfg),
-                                           "ms": round(ms, 4), "heuristic": s == r_splits})
-                        line.append(f"{s}:{ms * 1e3:.0f}")
-                    log(f"decode sweep L={L} random lengths cfg {cfg} (us per num_splits): " + " ".join(line)
-                        + f" (heuristic {r_splits})")
+                for lens_of, tag, counts, heuristic, nbytes in (
+                        (full, "full", SWEEP_SPLITS, splits, kv_bytes),
+                        (lens_dev, "random", sorted({2, 4, 8, max(1, r_splits // 2), r_splits, min(256, 2 * r_splits)}),
+                         r_splits, read_bytes)):
+                    sweep_decode(rows=split_rows, L=L, lens=lens_of, tag=tag, counts=counts, heuristic=heuristic,
+                                 nbytes=nbytes, qkv=(q, k, v), errors=errors)
             elif L == max(lengths) and time_left() > 15:
                 for s in (1, 4, 8, 16, 33, 64, 128, 256):
                     ms = try_bench(f"splits {s}", lambda: dec.decode_fwd(q, k, v, full, True, D ** -0.5, s), errors,

@@ -167,19 +167,11 @@ def _decode_merge_kernel(O_PART, LSE_PART, O, LSE, stride_ob, stride_om, stride_
     tl.store(LSE + (b * num_kv_heads * group_size + h).to(tl.int64) * n_q + qi, lse, mask=row_ok)
 
 
-# (BLOCK_N, num_warps, num_stages) that `scripts/gpu_varlen_decode.py --decode-sweep` times against num_splits.
-# There is no autotuner: the split loop only streams K/V, one config (`_fixed_decode_config`) was the fastest or
-# within 0.3% of it at every full-cache length swept (H200, 2026-12-02), and the autotuner's pick, timed on the
-# first call, once cost 336 against 254 us at a 32k cache (the same session's fixed config).
-_DECODE_CONFIGS = [(64, 4, 3), (64, 4, 4), (128, 4, 3), (128, 8, 3), (32, 4, 4), (64, 2, 4)]
-
-
-def _decode_fits(block_n, num_stages, head_dim, itemsize=2):
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    return 2 * block_n * block_d * itemsize * num_stages <= 160 * 1024  # K and V stages in shared memory
-
-
 def _fixed_decode_config(head_dim: int) -> dict:
+    """The split kernel's launch config. There is no autotuner: the split loop only streams K/V, this config was
+    the fastest or within 0.3% of it at every full-cache length `scripts/gpu_varlen_decode.py --decode-sweep`
+    tried (H200, 2026-12-02), and the autotuner's pick, timed on the first call, once cost 336 against 254 us at
+    a 32k cache (the same session's fixed config)."""
     if interpreting():
         return {"BLOCK_N": 16}
     if head_dim <= 128:  # the --decode-sweep's best at one program per SM (choose_num_splits)
