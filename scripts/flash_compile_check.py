@@ -113,12 +113,20 @@ def enumerate_launches(root, plain_only=False, quick=False, dtype_names=None):
     if dtype_names:
         dtypes = tuple(getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[n]) for n in dtype_names)
     dims = (128,) if quick else (64, 128)
-    cpu_mask = create_block_mask(lambda b, h, q, kv: (kv <= q) & (kv >= q - 300), None, None, 1000, 1000, device="cpu")
-    block_mask = BlockMask(**{f: (getattr(cpu_mask, f).to(meta) if isinstance(getattr(cpu_mask, f), torch.Tensor)
-                                  else getattr(cpu_mask, f)) for f in cpu_mask.__dataclass_fields__})
+    def on_meta(cpu_mask):
+        return BlockMask(**{f: (getattr(cpu_mask, f).to(meta) if isinstance(getattr(cpu_mask, f), torch.Tensor)
+                                else getattr(cpu_mask, f)) for f in cpu_mask.__dataclass_fields__})
+
+    # a mask with stored tiles (its rows are not one range of keys) and, where the checkout has them, one whose
+    # partial blocks the kernels compute from ranges (a causal window)
+    tiled = lambda b, h, q, kv: (kv <= q) & (kv >= q - 300) & ((q - kv) % 7 != 3)
+    block_masks = [on_meta(create_block_mask(tiled, None, None, 1000, 1000, device="cpu"))]
+    ranged = create_block_mask(lambda b, h, q, kv: (kv <= q) & (kv >= q - 300), None, None, 1000, 1000, device="cpu")
+    if getattr(ranged, "partial_kind", 1) != 1:
+        block_masks.append(on_meta(ranged))
     try:
         for dtype, d, causal, names, window, masked in itertools.product(dtypes, dims, (False, True), mod_sets,
-                                                                          windows, (False, True)):
+                                                                          windows, range(len(block_masks) + 1)):
             if masked and (causal or window is not None):
                 continue
             if causal and window is not None and window[1] != 0:
@@ -127,7 +135,7 @@ def enumerate_launches(root, plain_only=False, quick=False, dtype_names=None):
             q, k, v = (torch.empty(B, n, H, d, device=meta, dtype=dtype) for _ in range(3))
             mods = mods_of(names, B, H, n, n, window)
             extra = {"mods": mods} if has_mods else {}
-            bm = block_mask if masked else None
+            bm = block_masks[masked - 1] if masked else None
             o, lse = forward.flash_fwd(q, k, v, causal, 0.1, bm, **extra)
             backward.flash_bwd(torch.empty_like(o), q, k, v, o, lse, causal, 0.1, bm, **extra)
             if "atomic" in getattr(backward, "BACKWARD_SCHEDULES", ()):  # the opt-in atomic-dQ schedule too

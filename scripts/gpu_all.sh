@@ -33,7 +33,7 @@ for s in "$@"; do
                      --bench-args "--d 64 --n 2048,8192,16384 --providers hwattn,sdpa_cudnn,sdpa_flash,flex" ;;
         ab) run ab "${AB_LIMIT:-240}" $PY scripts/ab_flash.py --roots "${AB_ROOTS:-.snap_old,.}" --out "$W/ab" ${AB_ARGS:-} ;;
         big) run big 90 $PY scripts/gpu_flash.py --out "$W/big" --sections big ;;
-        masks) HWATTN_AUTOTUNE=${MASKS_AUTOTUNE:-0} run masks "${MASKS_LIMIT:-150}" $PY scripts/gpu_masks.py --out "$W/masks" ;;
+        masks) HWATTN_AUTOTUNE=${MASKS_AUTOTUNE:-0} run masks "${MASKS_LIMIT:-150}" $PY scripts/gpu_masks.py --out "$W/masks" ${MASKS_ARGS:-} ;;
         varlen) run varlen "${VARLEN_LIMIT:-150}" $PY scripts/gpu_varlen_decode.py --out "$W/varlen" \
                     --budget "${VARLEN_BUDGET:-120}" ${VARLEN_ARGS:-} ;;
         hopper) run hopper "${HOPPER_LIMIT:-200}" $PY scripts/exp_hopper_fwd.py --out "$W/hopper" --n "${HOPPER_N:-16384}" --configs "${HOPPER_CONFIGS:-6}" ;;

@@ -17,6 +17,8 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", "results/masks"))
     ap.add_argument("--n-long", type=int, default=32768)
     ap.add_argument("--n-sparse", type=int, default=16384)
+    ap.add_argument("--tiles-too", action="store_true", help="also time the window and document masks through "
+                    "stored tiles (compute_partial=False)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     import torch
@@ -35,15 +37,17 @@ def main():
     bench = lambda fn: triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
     rows = []
 
-    def time_pair(name, n, mask_mod, H=16, D=128, B=1, flex_too=True):
+    def time_pair(name, n, mask_mod, H=16, D=128, B=1, flex_too=True, compute_partial=True):
         torch.manual_seed(0)
         q, k, v = (torch.randn(B, n, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
         t0 = time.time()
-        bm = masks.create_block_mask(mask_mod, None, None, n, n, device="cuda", block_size=128)
+        bm = masks.create_block_mask(mask_mod, None, None, n, n, device="cuda", block_size=128,
+                                     compute_partial=compute_partial)
         build_s = time.time() - t0
         out = hwattn.flash_attention(q, k, v, block_mask=bm)
         do = torch.randn_like(out)
-        res = {"case": name, "n": n, "density": round(bm.density(), 4), "build_s": round(build_s, 2)}
+        res = {"case": name, "n": n, "density": round(bm.density(), 4), "build_s": round(build_s, 2),
+               "partial": "tiles" if bm.partial_kind == 1 else "ranges"}
         res["hwattn_fwd_ms"] = bench(lambda: hwattn.flash_attention(q, k, v, block_mask=bm))
         res["hwattn_bwd_ms"] = bench(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))
         for mode in ("split", "fused"):  # the default (HWATTN_BWD=auto) takes one of these (split, for block masks)
@@ -55,28 +59,32 @@ def main():
             fbm = flex_block_mask(mask_mod, None, None, n, n, device="cuda")
             fo = flex(qh, kh, vh, block_mask=fbm)
             res["flex_fwd_ms"] = bench(lambda: flex(qh, kh, vh, block_mask=fbm))
-            res["flex_bwd_ms"] = bench(lambda: torch.autograd.grad(fo, (qh, kh, vh), do.transpose(1, 2), retain_graph=True))
+            do_h = do.transpose(1, 2).contiguous()  # each provider gets its own layout, contiguous
+            res["flex_bwd_ms"] = bench(lambda: torch.autograd.grad(fo, (qh, kh, vh), do_h, retain_graph=True))
             res["out_vs_flex_rel"] = rel_err(out.float(), fo.transpose(1, 2).float())
         rows.append(res)
         print(res, flush=True)
         return res
 
     n = a.n_long
-    time_pair("sliding_window_4096_causal", n, masks.and_masks(masks.causal(), masks.sliding_window(4096)))
+    window = masks.and_masks(masks.causal(), masks.sliding_window(4096))
+    window_row = time_pair("sliding_window_4096_causal", n, window)
+    if a.tiles_too:  # the same mask through stored tiles (the path of masks without ranges)
+        time_pair("sliding_window_4096_causal_tiles", n, window, flex_too=False, compute_partial=False)
     # the same mask through the window argument (no block mask: key ranges computed in the kernel)
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, n, 16, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     win = lambda: hwattn.flash_attention(q, k, v, causal=True, window=(4096, 0))
     out = win()
     do = torch.randn_like(out)
-    res = {"case": "sliding_window_4096_causal_window_arg", "n": n, "density": rows[-1]["density"],
+    res = {"case": "sliding_window_4096_causal_window_arg", "n": n, "density": window_row["density"],
            "hwattn_fwd_ms": bench(win),
            "hwattn_bwd_ms": bench(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))}
     for mode in ("split", "fused"):
         os.environ["HWATTN_BWD"] = mode
         res[f"hwattn_{mode}_bwd_ms"] = bench(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))
         os.environ.pop("HWATTN_BWD")
-    ref = rows[-1]
+    ref = window_row
     res["flex_fwd_ms"], res["flex_bwd_ms"] = ref.get("flex_fwd_ms"), ref.get("flex_bwd_ms")
     rows.append(res)
     print(res, flush=True)
@@ -85,7 +93,10 @@ def main():
     lengths = torch.randint(512, 8192, (64,), generator=g)
     doc_ids = torch.repeat_interleave(torch.arange(64), lengths)[:n]
     doc_ids = torch.cat([doc_ids, torch.full((n - doc_ids.numel(),), 64)]).cuda()[None]
-    time_pair("document_causal", n, masks.and_masks(masks.causal(), masks.document(doc_ids)))
+    document = masks.and_masks(masks.causal(), masks.document(doc_ids))
+    time_pair("document_causal", n, document)
+    if a.tiles_too:
+        time_pair("document_causal_tiles", n, document, flex_too=False, compute_partial=False)
 
     # block-sparse with ~10% of blocks kept, against the dense kernel on the same shape
     ns = a.n_sparse

@@ -99,6 +99,77 @@ def test_skipped_blocks_are_never_read():
     _check(lambda b, h, q, kv: (kv < 2 * BLOCK) & (kv <= q + 10), n_q=n, n_k=n, nan_in_skipped=True)
 
 
+def _two_docs_per_batch(n):
+    """(2, n) document ids that differ between the two batch rows and end off the block grid."""
+    return torch.stack([torch.repeat_interleave(torch.arange(3), torch.tensor([23, 41, n - 64])),
+                        torch.repeat_interleave(torch.arange(2), torch.tensor([50, n - 50]))]).to(DEV)
+
+
+COMPUTED = {  # masks whose partial blocks the kernels compute from per-row / per-column ranges
+    "causal": lambda n_q, n_k: masks.causal(offset=n_k - n_q),
+    "window_causal": lambda n_q, n_k: masks.and_masks(masks.causal(), masks.sliding_window(left=37)),
+    "window_two_sided": lambda n_q, n_k: masks.sliding_window(left=20, right=11),
+    "document_causal": lambda n_q, n_k: masks.and_masks(masks.document(_two_docs_per_batch(n_q)[:, :n_q],
+                                                                       _two_docs_per_batch(n_k)[:, :n_k]),
+                                                        masks.causal(offset=n_k - n_q)),
+    "prefix_lm": lambda n_q, n_k: masks.prefix_lm(41),
+    "per_head_window": lambda n_q, n_k: lambda b, h, q, kv: (kv <= q) & ((q - kv) < 16 + 20 * h + 7 * b),
+}
+
+
+@pytest.mark.parametrize("name", list(COMPUTED))
+@pytest.mark.parametrize("n_q,n_k", [(90, 90), (70, 100)])
+def test_computed_partial_blocks_equal_stored_tiles(name, n_q, n_k):
+    """The element mask computed from ranges is the stored tiles' exactly: same outputs and gradients, bit
+    for bit, and both match the float64 reference (per-batch and per-head masks, GQA, Nq != Nk)."""
+    torch.manual_seed(0)
+    B, H, H_kv, d = 2, 4, 2, 32
+    q, k, v = (torch.randn(B, n, h, d, device=DEV).to(torch.float16).requires_grad_()
+               for n, h in ((n_q, H), (n_k, H_kv), (n_k, H_kv)))
+    do = torch.randn(B, n_q, H, d, device=DEV).to(torch.float16)
+    mask_mod = COMPUTED[name](n_q, n_k)
+    results = []
+    for compute in (True, False):
+        bm = masks.create_block_mask(mask_mod, B, H, n_q, n_k, device=DEV, block_size=BLOCK,
+                                     compute_partial=compute)
+        assert bm.partial_kind == (2 if compute else 1)
+        out = hwattn.flash_attention(q, k, v, block_mask=bm)
+        results.append((out, *torch.autograd.grad(out, (q, k, v), do)))
+    for name_, computed, stored in zip(("out", "dq", "dk", "dv"), *results):
+        assert torch.equal(computed, stored), name_
+    dense = _dense(mask_mod, B, H, n_q, n_k)
+    x64 = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    ref = reference(*x64, mask=dense)
+    assert_rel_close("out", results[0][0], ref, torch.float16)
+    for name_, g, r in zip(("dq", "dk", "dv"), results[0][1:], torch.autograd.grad(ref, x64, do.double())):
+        assert_rel_close(name_, g, r, torch.float16)
+
+
+def test_which_masks_get_ranges():
+    """Ranges only where every row and every column of the mask is one contiguous run; else stored tiles.
+    The ranges themselves: per query its first / last key, per key its first / last query (-1: none)."""
+    n = 64
+    build = lambda m: masks.create_block_mask(m, None, None, n, n, device=DEV, block_size=16)
+    kind = lambda m: build(m).partial_kind
+    docs = torch.repeat_interleave(torch.arange(3), torch.tensor([10, 30, 24]))[None].to(DEV)
+    assert kind(masks.causal()) == 2 and kind(masks.sliding_window(8, 3)) == 2 and kind(masks.full()) == 2
+    assert kind(masks.and_masks(masks.causal(), masks.document(docs))) == 2
+    assert kind(masks.strided(4)) == 1 and kind(masks.fixed(8, 2)) == 1
+    assert kind(masks.and_masks(masks.causal(), masks.strided(4))) == 1
+    split_doc = torch.tensor([[0] * 20 + [1] * 20 + [0] * 24]).to(DEV)  # document 0 in two runs
+    assert kind(masks.document(split_doc)) == 1
+    assert kind(masks.or_masks(masks.sliding_window(2), masks.sliding_window(40, 0))) == 2  # one window after all
+    info = build(masks.and_masks(masks.causal(), masks.sliding_window(5))).partial_info.cpu()[0, 0]
+    i = torch.arange(n)
+    assert torch.equal(info[:n], (i - 5).clamp_min(0)) and torch.equal(info[n:2 * n], i)
+    assert torch.equal(info[2 * n:3 * n], i) and torch.equal(info[3 * n:], (i + 5).clamp_max(n - 1))
+    offset = build(masks.causal(offset=-10)).partial_info.cpu()[0, 0]  # the first 10 queries see nothing
+    assert offset[:10].tolist() == [0] * 10 and offset[n:n + 10].tolist() == [-1] * 10
+    assert offset[4 * n - 10:].tolist() == [-1] * 10  # nor are the last 10 keys seen
+    with pytest.raises(TypeError, match="compute_partial must be a bool"):
+        masks.create_block_mask(masks.causal(), None, None, n, n, device=DEV, compute_partial="yes")
+
+
 def test_block_structure_and_density():
     n = 256
     bm = masks.create_block_mask(masks.and_masks(masks.causal(), masks.sliding_window(left=31)), None, None,

@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 
 from ..._runtime import env_choice, interpreting
-from .common import LOG2E, accumulate_rel_bias_grad, kv_ranges, modded_scores, q_ranges, visible
+from .common import (PARTIAL_TILE, LOG2E, accumulate_rel_bias_grad, kv_ranges, mask_ranges, modded_scores,
+                     partial_keep, q_ranges, visible)
 from .block_mask import kernel_args
 from .configs import autotune_enabled, autotuned, configs, fixed_config, launch_fixed
 from .forward import dot_precision, seq_bucket
@@ -46,8 +47,9 @@ def _bwd_preprocess(O, DO, DELTA, stride_ob, stride_om, stride_oh, stride_dob, s
 
 @triton.jit
 def _dkdv_step(dk, dv, k, v, qt_ptrs, do_ptrs, lse_ptrs, delta_ptrs, rows, cols, n_q, n_k, qk_scale, tile_ptrs,
+               range_lo, range_hi,
                BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-               TILE_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+               PARTIAL_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
                window_left=0, window_right=0, softcap_log2=1.0, alibi_slope=0.0, rel_bias_row=None,
                WINDOW: tl.constexpr = False, SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False,
                REL_BIAS: tl.constexpr = False, dq_ptrs=None, softmax_scale=1.0, ATOMIC_DQ: tl.constexpr = False):
@@ -70,8 +72,9 @@ def _dkdv_step(dk, dv, k, v, qt_ptrs, do_ptrs, lse_ptrs, delta_ptrs, rows, cols,
     pt = tl.math.exp2(qkt * qk_scale - lse[None, :])
     if MASKED:
         keep = visible(rows[None, :], cols[:, None], n_q, n_k, CAUSAL, window_left, window_right, WINDOW)
-        if TILE_MASK:
-            keep = keep & (tl.load(tile_ptrs) != 0)
+        if PARTIAL_MASK:
+            keep = keep & partial_keep(tile_ptrs, range_lo[:, None], range_hi[:, None], rows[None, :], cols[:, None],
+                                       PARTIAL_MASK, True)
         pt = tl.where(keep, pt, 0.0)
     do = tl.load(do_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
@@ -112,7 +115,7 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, 
             dq_ptrs = dq_base + start_m.to(tl.int64) * stride_dqm + dq_tile
         dk, dv = _dkdv_step(dk, dv, k, v, q_base + start_m.to(tl.int64) * stride_qm + qt_tile,
                             do_base + start_m.to(tl.int64) * stride_dom + do_tile, lse_base + rows,
-                            delta_base + rows, rows, cols, n_q, n_k, qk_scale, None,
+                            delta_base + rows, rows, cols, n_q, n_k, qk_scale, None, None, None,
                             BLOCK_D, HEAD_DIM, MASKED, CAUSAL, False, DOT_PRECISION,
                             window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
                             WINDOW, SOFTCAP, ALIBI, REL_BIAS, dq_ptrs, softmax_scale, ATOMIC_DQ)
@@ -121,12 +124,13 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, 
 
 @triton.jit
 def _dkdv_sparse(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom, cols, n_q, n_k,
-                 qk_scale, list_off, NUM, IDX, TILE_OF, TILES, col_in_tile, n_mask_rows,
+                 qk_scale, list_off, NUM, IDX, TILE_OF, TILES, range_lo, range_hi, col_in_tile, n_mask_rows,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
                  MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr, PARTIAL: tl.constexpr,
-                 DOT_PRECISION: tl.constexpr, softcap_log2=1.0, alibi_slope=0.0, rel_bias_row=None,
-                 SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False, REL_BIAS: tl.constexpr = False,
-                 dq_base=None, stride_dqm=0, softmax_scale=1.0, ATOMIC_DQ: tl.constexpr = False):
+                 PARTIAL_KIND: tl.constexpr, DOT_PRECISION: tl.constexpr, softcap_log2=1.0, alibi_slope=0.0,
+                 rel_bias_row=None, SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False,
+                 REL_BIAS: tl.constexpr = False, dq_base=None, stride_dqm=0, softmax_scale=1.0,
+                 ATOMIC_DQ: tl.constexpr = False):
     """The query blocks a block mask lists for this key block (its transposed lists)."""
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -140,9 +144,11 @@ def _dkdv_sparse(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm,
     for j in range(0, tl.load(NUM + list_off) * subs):
         sub = j % subs
         qb = tl.load(IDX + list_off * n_mask_rows + j // subs)
-        tile_ptrs = TILES + sub * BLOCK_M * MASK_BLOCK_N + mask_tile
-        if PARTIAL:
-            tile_ptrs += tl.load(TILE_OF + list_off * n_mask_rows + qb).to(tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
+        tile_ptrs = TILES  # unused with ranges
+        if PARTIAL_KIND == PARTIAL_TILE:
+            tile_ptrs = TILES + sub * BLOCK_M * MASK_BLOCK_N + mask_tile
+            if PARTIAL:
+                tile_ptrs += tl.load(TILE_OF + list_off * n_mask_rows + qb).to(tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
         start_m = qb * MASK_BLOCK_M + sub * BLOCK_M
         rows = start_m + offs_m
         dq_ptrs = None
@@ -150,8 +156,8 @@ def _dkdv_sparse(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm,
             dq_ptrs = dq_base + start_m.to(tl.int64) * stride_dqm + dq_tile
         dk, dv = _dkdv_step(dk, dv, k, v, q_base + start_m.to(tl.int64) * stride_qm + qt_tile,
                             do_base + start_m.to(tl.int64) * stride_dom + do_tile, lse_base + rows,
-                            delta_base + rows, rows, cols, n_q, n_k, qk_scale, tile_ptrs,
-                            BLOCK_D, HEAD_DIM, PARTIAL, False, PARTIAL, DOT_PRECISION,
+                            delta_base + rows, rows, cols, n_q, n_k, qk_scale, tile_ptrs, range_lo, range_hi,
+                            BLOCK_D, HEAD_DIM, PARTIAL, False, PARTIAL_KIND * PARTIAL, DOT_PRECISION,
                             0, 0, softcap_log2, alibi_slope, rel_bias_row, False, SOFTCAP, ALIBI, REL_BIAS,
                             dq_ptrs, softmax_scale, ATOMIC_DQ)
     return dk, dv
@@ -199,6 +205,7 @@ def _dkdv_program(pid_n, pid_bh, Q, K, V, DO, LSE, DELTA, DK, DV,
                      CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
                      HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr,
+                     PARTIAL_KIND: tl.constexpr,
                      SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right,
                      WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,
                      DQ_ACC=None, stride_dqab=0, stride_dqam=0, stride_dqah=0, ATOMIC_DQ: tl.constexpr = False):
@@ -237,18 +244,22 @@ def _dkdv_program(pid_n, pid_bh, Q, K, V, DO, LSE, DELTA, DK, DV,
             dq_base = DQ_ACC + b.to(tl.int64) * stride_dqab + h.to(tl.int64) * stride_dqah
         if HAS_MASK:
             # this key block's column of the block mask: the query blocks that read it
-            list_off = ((b % mask_b) * mask_h + h % mask_h) * n_mask_cols + start_n // MASK_BLOCK_N
+            mask_row = (b % mask_b) * mask_h + h % mask_h
+            list_off = mask_row * n_mask_cols + start_n // MASK_BLOCK_N
             col_in_tile = start_n % MASK_BLOCK_N
+            range_lo, range_hi = mask_ranges(TILES, mask_row, cols, n_q, n_k, PARTIAL_KIND, True)
             dk, dv = _dkdv_sparse(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qm,
-                                  stride_dom, cols, n_q, n_k, qk_scale, list_off, FULL_NUM, FULL_IDX, PART_TILE,
-                                  TILES, col_in_tile, n_mask_rows, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
-                                  MASK_BLOCK_M, MASK_BLOCK_N, False, DOT_PRECISION, softcap_log2, alibi_slope,
+                                  stride_dom, cols, n_q, n_k, qk_scale, list_off, FULL_NUM, FULL_IDX, PART_TILE, TILES,
+                                  range_lo, range_hi,
+                                  col_in_tile, n_mask_rows, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, MASK_BLOCK_M,
+                                  MASK_BLOCK_N, False, PARTIAL_KIND, DOT_PRECISION, softcap_log2, alibi_slope,
                                   rel_bias_row, SOFTCAP, ALIBI, REL_BIAS, dq_base, stride_dqam, softmax_scale,
                                   ATOMIC_DQ)
             dk, dv = _dkdv_sparse(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qm,
-                                  stride_dom, cols, n_q, n_k, qk_scale, list_off, PART_NUM, PART_IDX, PART_TILE,
-                                  TILES, col_in_tile, n_mask_rows, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
-                                  MASK_BLOCK_M, MASK_BLOCK_N, True, DOT_PRECISION, softcap_log2, alibi_slope,
+                                  stride_dom, cols, n_q, n_k, qk_scale, list_off, PART_NUM, PART_IDX, PART_TILE, TILES,
+                                  range_lo, range_hi,
+                                  col_in_tile, n_mask_rows, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, MASK_BLOCK_M,
+                                  MASK_BLOCK_N, True, PARTIAL_KIND, DOT_PRECISION, softcap_log2, alibi_slope,
                                   rel_bias_row, SOFTCAP, ALIBI, REL_BIAS, dq_base, stride_dqam, softmax_scale,
                                   ATOMIC_DQ)
         else:
@@ -276,6 +287,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, stride_dqab, strid
                      CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
                      HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr,
+                     PARTIAL_KIND: tl.constexpr,
                      SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right,
                      WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,
                      ATOMIC_DQ: tl.constexpr):
@@ -286,15 +298,15 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, stride_dqab, strid
                   stride_doh, stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh, n_q, n_k,
                   num_heads, num_kv_heads, group_size, qk_scale, softmax_scale, seq_bucket, FULL_NUM, FULL_IDX,
                   PART_NUM, PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_cols, n_mask_rows, CAUSAL, HEAD_DIM,
-                  BLOCK_D, BLOCK_M, BLOCK_N, DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N, SLOPES,
+                  BLOCK_D, BLOCK_M, BLOCK_N, DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N, PARTIAL_KIND, SLOPES,
                   stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, WINDOW, SOFTCAP,
                   ALIBI, REL_BIAS, DQ_ACC, stride_dqab, stride_dqam, stride_dqah, ATOMIC_DQ)
 
 
 @triton.jit
-def _dq_step(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, rows, cols, n_q, n_k, qk_scale, tile_ptrs,
+def _dq_step(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, rows, cols, n_q, n_k, qk_scale, tile_ptrs, range_lo, range_hi,
              BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-             TILE_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+             PARTIAL_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
              window_left=0, window_right=0, softcap_log2=1.0, alibi_slope=0.0, rel_bias_row=None, drel_bias_row=None,
              WINDOW: tl.constexpr = False, SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False,
              REL_BIAS: tl.constexpr = False, REL_BIAS_GRAD: tl.constexpr = False):
@@ -319,8 +331,9 @@ def _dq_step(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, rows, cols, n_q, n_k, qk_s
     p = tl.math.exp2(qk * qk_scale - lse[:, None])
     if MASKED:
         keep = visible(rows[:, None], cols[None, :], n_q, n_k, CAUSAL, window_left, window_right, WINDOW)
-        if TILE_MASK:
-            keep = keep & (tl.load(tile_ptrs) != 0)
+        if PARTIAL_MASK:
+            keep = keep & partial_keep(tile_ptrs, range_lo[:, None], range_hi[:, None], rows[:, None], cols[None, :],
+                                       PARTIAL_MASK, False)
         p = tl.where(keep, p, 0.0)
     dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
     ds = p * (dp - delta[:, None])
@@ -350,7 +363,7 @@ def _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows,
         start_n = tl.multiple_of(start_n, BLOCK_N)
         dq = _dq_step(dq, q, do, lse, delta, k_base + start_n.to(tl.int64) * stride_kn + kt_tile,
                       v_base + start_n.to(tl.int64) * stride_vn + vt_tile, rows, start_n + offs_n, n_q, n_k,
-                      qk_scale, None, BLOCK_D, HEAD_DIM, MASKED, CAUSAL, False, DOT_PRECISION,
+                      qk_scale, None, None, None, BLOCK_D, HEAD_DIM, MASKED, CAUSAL, False, DOT_PRECISION,
                       window_left, window_right, softcap_log2, alibi_slope, rel_bias_row, drel_bias_row,
                       WINDOW, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD)
     return dq
@@ -358,11 +371,11 @@ def _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows,
 
 @triton.jit
 def _dq_sparse(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, n_q, n_k, qk_scale,
-               list_off, NUM, IDX, TILE_OF, TILES, row_in_tile, n_mask_cols,
+               list_off, NUM, IDX, TILE_OF, TILES, range_lo, range_hi, row_in_tile, n_mask_cols,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
                MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr, PARTIAL: tl.constexpr,
-               DOT_PRECISION: tl.constexpr, softcap_log2=1.0, alibi_slope=0.0, rel_bias_row=None,
-               drel_bias_row=None, SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False,
+               PARTIAL_KIND: tl.constexpr, DOT_PRECISION: tl.constexpr, softcap_log2=1.0, alibi_slope=0.0,
+               rel_bias_row=None, drel_bias_row=None, SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False,
                REL_BIAS: tl.constexpr = False, REL_BIAS_GRAD: tl.constexpr = False):
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -374,15 +387,18 @@ def _dq_sparse(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows
     for j in range(0, tl.load(NUM + list_off) * subs):
         sub = j % subs
         kb = tl.load(IDX + list_off * n_mask_cols + j // subs)
-        tile_ptrs = TILES + sub * BLOCK_N + mask_tile
-        if PARTIAL:
-            tile_ptrs += tl.load(TILE_OF + list_off * n_mask_cols + kb).to(tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
+        tile_ptrs = TILES  # unused with ranges
+        if PARTIAL_KIND == PARTIAL_TILE:
+            tile_ptrs = TILES + sub * BLOCK_N + mask_tile
+            if PARTIAL:
+                tile_ptrs += tl.load(TILE_OF + list_off * n_mask_cols + kb).to(tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
         start_n = kb * MASK_BLOCK_N + sub * BLOCK_N
         dq = _dq_step(dq, q, do, lse, delta, k_base + start_n.to(tl.int64) * stride_kn + kt_tile,
-                      v_base + start_n.to(tl.int64) * stride_vn + vt_tile, rows, start_n + offs_n, n_q, n_k,
-                      qk_scale, tile_ptrs, BLOCK_D, HEAD_DIM, PARTIAL, False,
-                      PARTIAL, DOT_PRECISION, 0, 0, softcap_log2, alibi_slope, rel_bias_row, drel_bias_row,
-                      False, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD)
+                      v_base + start_n.to(tl.int64) * stride_vn + vt_tile, rows, start_n + offs_n, n_q, n_k, qk_scale,
+                      tile_ptrs, range_lo, range_hi, BLOCK_D, HEAD_DIM, PARTIAL, False, PARTIAL_KIND * PARTIAL,
+                      DOT_PRECISION, 0, 0,
+                      softcap_log2, alibi_slope, rel_bias_row, drel_bias_row, False, SOFTCAP, ALIBI, REL_BIAS,
+                      REL_BIAS_GRAD)
     return dq
 
 
@@ -423,6 +439,7 @@ def _dq_program(pid_m, pid_bh, Q, K, V, DO, LSE, DELTA, DQ,
                    CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
                    HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr,
+                   PARTIAL_KIND: tl.constexpr,
                    SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, DBIAS,
                    WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,
                    REL_BIAS_GRAD: tl.constexpr):
@@ -455,16 +472,20 @@ def _dq_program(pid_m, pid_bh, Q, K, V, DO, LSE, DELTA, DQ,
     drel_bias_row = DBIAS + h * stride_bias_h  # d rel_bias has rel_bias's shape and strides
 
     if HAS_MASK:
-        list_off = ((b % mask_b) * mask_h + h % mask_h) * n_mask_rows + start_m // MASK_BLOCK_M
+        mask_row = (b % mask_b) * mask_h + h % mask_h
+        list_off = mask_row * n_mask_rows + start_m // MASK_BLOCK_M
         row_in_tile = start_m % MASK_BLOCK_M
+        range_lo, range_hi = mask_ranges(TILES, mask_row, rows, n_q, n_k, PARTIAL_KIND, False)
         dq = _dq_sparse(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, n_q, n_k, qk_scale,
-                        list_off, FULL_NUM, FULL_IDX, PART_TILE, TILES, row_in_tile, n_mask_cols,
-                        BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, MASK_BLOCK_M, MASK_BLOCK_N, False, DOT_PRECISION,
+                        list_off, FULL_NUM, FULL_IDX, PART_TILE, TILES, range_lo, range_hi, row_in_tile, n_mask_cols,
+                        BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, MASK_BLOCK_M, MASK_BLOCK_N, False, PARTIAL_KIND,
+                        DOT_PRECISION,
                         softcap_log2, alibi_slope, rel_bias_row, drel_bias_row, SOFTCAP, ALIBI, REL_BIAS,
                         REL_BIAS_GRAD)
         dq = _dq_sparse(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, n_q, n_k, qk_scale,
-                        list_off, PART_NUM, PART_IDX, PART_TILE, TILES, row_in_tile, n_mask_cols,
-                        BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, MASK_BLOCK_M, MASK_BLOCK_N, True, DOT_PRECISION,
+                        list_off, PART_NUM, PART_IDX, PART_TILE, TILES, range_lo, range_hi, row_in_tile, n_mask_cols,
+                        BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, MASK_BLOCK_M, MASK_BLOCK_N, True, PARTIAL_KIND,
+                        DOT_PRECISION,
                         softcap_log2, alibi_slope, rel_bias_row, drel_bias_row, SOFTCAP, ALIBI, REL_BIAS,
                         REL_BIAS_GRAD)
     else:
@@ -488,6 +509,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
                    CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
                    HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr,
+                   PARTIAL_KIND: tl.constexpr,
                    SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, DBIAS,
                    WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,
                    REL_BIAS_GRAD: tl.constexpr):
@@ -496,9 +518,9 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
         pid_m = tl.cdiv(n_q, BLOCK_M) - 1 - pid_m  # the last query blocks see the most keys: first
     _dq_program(pid_m, tl.program_id(1), Q, K, V, DO, LSE, DELTA, DQ, stride_qb, stride_qm, stride_qh, stride_kb,
                 stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_dob, stride_dom, stride_doh, stride_dqb,
-                stride_dqm, stride_dqh, n_q, n_k, num_heads, group_size, qk_scale, softmax_scale, seq_bucket,
-                FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_rows, n_mask_cols,
-                CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N,
+                stride_dqm, stride_dqh, n_q, n_k, num_heads, group_size, qk_scale, softmax_scale, seq_bucket, FULL_NUM,
+                FULL_IDX, PART_NUM, PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_rows, n_mask_cols, CAUSAL,
+                HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N, PARTIAL_KIND,
                 SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, DBIAS, WINDOW,
                 SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD)
 
@@ -518,6 +540,7 @@ def _bwd_fused_kernel(Q, K, V, DO, LSE, DELTA, DQ, DK, DV,
                       BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr, BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr,
                       DOT_PRECISION: tl.constexpr,
                       HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr,
+                      PARTIAL_KIND: tl.constexpr,
                       SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, DBIAS,
                       WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,
                       REL_BIAS_GRAD: tl.constexpr):
@@ -532,9 +555,9 @@ def _bwd_fused_kernel(Q, K, V, DO, LSE, DELTA, DQ, DK, DV,
         _dkdv_program(j, pid_kv, Q, K, V, DO, LSE, DELTA, DK, DV, stride_qb, stride_qm, stride_qh, stride_kb,
                       stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_dob, stride_dom, stride_doh,
                       stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh, n_q, n_k, num_heads,
-                      num_kv_heads, group_size, qk_scale, softmax_scale, seq_bucket, KFULL_NUM, KFULL_IDX,
-                      KPART_NUM, KPART_IDX, KPART_TILE, KTILES, kmask_b, kmask_h, kn_mask_cols, kn_mask_rows, CAUSAL,
-                      HEAD_DIM, BLOCK_D, BLOCK_M1, BLOCK_N1, DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N,
+                      num_kv_heads, group_size, qk_scale, softmax_scale, seq_bucket, KFULL_NUM, KFULL_IDX, KPART_NUM,
+                      KPART_IDX, KPART_TILE, KTILES, kmask_b, kmask_h, kn_mask_cols, kn_mask_rows, CAUSAL, HEAD_DIM,
+                      BLOCK_D, BLOCK_M1, BLOCK_N1, DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N, PARTIAL_KIND,
                       SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, WINDOW,
                       SOFTCAP, ALIBI, REL_BIAS)
     if j * BLOCK_M2 < n_q:
@@ -544,9 +567,9 @@ def _bwd_fused_kernel(Q, K, V, DO, LSE, DELTA, DQ, DK, DV,
             _dq_program(j, b * num_heads + h_first + g, Q, K, V, DO, LSE, DELTA, DQ, stride_qb, stride_qm,
                         stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_dob,
                         stride_dom, stride_doh, stride_dqb, stride_dqm, stride_dqh, n_q, n_k, num_heads, group_size,
-                        qk_scale, softmax_scale, seq_bucket, FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_TILE,
-                        TILES, mask_b, mask_h, n_mask_rows, n_mask_cols, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_M2,
-                        BLOCK_N2, DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N, SLOPES, stride_slopes_b,
+                        qk_scale, softmax_scale, seq_bucket, FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_TILE, TILES,
+                        mask_b, mask_h, n_mask_rows, n_mask_cols, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_M2, BLOCK_N2,
+                        DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N, PARTIAL_KIND, SLOPES, stride_slopes_b,
                         softcap_log2, BIAS, stride_bias_h, window_left, window_right, DBIAS, WINDOW, SOFTCAP, ALIBI,
                         REL_BIAS, REL_BIAS_GRAD)
 

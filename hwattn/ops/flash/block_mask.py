@@ -5,6 +5,11 @@ densely and in chunks, when the BlockMask is built. The kernel then sees, per (b
 the key blocks that are *full* (every element visible: no element mask, no mask loads) and those that are
 *partial* (an element tile, stored once per distinct pattern), and skips every other block, in the forward
 and both backward passes: cost follows the kept fraction.
+
+Where every query sees one contiguous range of keys and every key is seen by one contiguous range of queries
+(causal, sliding windows, documents of packed sequences, prefix-LM, and their intersections), the build
+records those ranges instead, and the kernels compute a partial block's element mask from them
+(`common.partial_keep`): two compares per score instead of a byte of stored tile.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..._checks import check_tensor
+from .common import PARTIAL_RANGES, PARTIAL_TILE
 
 __all__ = ["BlockMask", "create_block_mask"]
 
@@ -25,7 +31,12 @@ class BlockMask:
     kv_full_idx/kv_part_idx: (B, H, Mq, Mk) int32 their indices (first *_num entries valid);
     kv_part_tile: (B, H, Mq, Mk) int32 index into `tiles` of each partial block's element mask;
     q_*: the transpose, per key block the query blocks (for dK/dV);
-    tiles: (T, block_m, block_n) uint8 distinct element masks of partial blocks.
+    tiles: (T, block_m, block_n) uint8 distinct element masks of partial blocks;
+    partial_kind: how the kernels get a partial block's element mask: PARTIAL_TILE (from `tiles`) or
+        PARTIAL_RANGES (from partial_info);
+    partial_info: (B, H, 2 (Nq + Nk)) int32 or None: per (batch, head) row of the mask, the first and last
+        key each query sees (Nq firsts, then Nq lasts), then the first and last query that sees each key
+        (Nk, Nk); nothing visible is first 0, last -1.
     """
     seq_len_q: int
     seq_len_k: int
@@ -43,6 +54,8 @@ class BlockMask:
     q_part_tile: torch.Tensor
     tiles: torch.Tensor
     mask_mod: object = None
+    partial_kind: int = PARTIAL_TILE.value
+    partial_info: torch.Tensor | None = None
 
     @property
     def shape(self):
@@ -74,13 +87,16 @@ class BlockMask:
 
     def to_op_args(self):
         """(tensors, ints): the mask as plain arguments a torch custom op accepts."""
-        return [getattr(self, n) for n in self._TENSORS], [self.seq_len_q, self.seq_len_k, self.block_m, self.block_n]
+        info = [] if self.partial_info is None else [self.partial_info]
+        return ([getattr(self, n) for n in self._TENSORS] + info,
+                [self.seq_len_q, self.seq_len_k, self.block_m, self.block_n, self.partial_kind])
 
     @classmethod
     def from_op_args(cls, tensors, ints):
         if not tensors:
             return None
-        return cls(*ints, *tensors)
+        n = len(cls._TENSORS)
+        return cls(*ints[:4], *tensors[:n], partial_kind=ints[4], partial_info=tensors[n] if len(tensors) > n else None)
 
     def check_for(self, B: int, H: int, n_q: int, n_k: int) -> None:
         mb, mh = self.kv_full_num.shape[:2]
@@ -99,7 +115,8 @@ def _sorted_lists(flags: torch.Tensor):
 
 
 def create_block_mask(mask_mod, B: int | None, H: int | None, seq_len_q: int, seq_len_k: int,
-                      device="cuda", block_size: int | tuple[int, int] = 128, chunk_elems: int = 1 << 24) -> BlockMask:
+                      device="cuda", block_size: int | tuple[int, int] = 128, chunk_elems: int = 1 << 24,
+                      compute_partial: bool = True) -> BlockMask:
     """Build a BlockMask from `mask_mod(b, h, q_idx, kv_idx) -> bool tensor` (broadcasting index tensors).
 
     Args:
@@ -110,7 +127,12 @@ def create_block_mask(mask_mod, B: int | None, H: int | None, seq_len_q: int, se
         block_size: (block_m, block_n) granularity, powers of two >= 16; the kernels' tiles divide it.
             128 on GPU; smaller blocks skip more of a fine-grained mask but loop more.
         chunk_elems: elements evaluated per mask_mod call (bounds the memory of building).
+        compute_partial: when every query's visible keys are one contiguous range and so is every key's set
+            of queries (causal, windows, documents, prefix-LM), the kernels compute the partial blocks'
+            element masks from those ranges instead of reading stored tiles (faster). False: always tiles.
     """
+    if not isinstance(compute_partial, bool):
+        raise TypeError(f"compute_partial must be a bool, got {type(compute_partial).__name__}")
     if not callable(mask_mod):
         raise TypeError(f"mask_mod must be callable (b, h, q_idx, kv_idx) -> bool tensor, got {type(mask_mod).__name__}")
     for name, val in (("seq_len_q", seq_len_q), ("seq_len_k", seq_len_k)):
@@ -134,6 +156,7 @@ def create_block_mask(mask_mod, B: int | None, H: int | None, seq_len_q: int, se
     tile_ids = {}
     kv = torch.arange(mk * block_n, device=device)
     rows_per_chunk = max(block_m, (chunk_elems // max(1, mk * block_n)) // block_m * block_m)
+    ranges = _Ranges(B_, H_, mq * block_m, mk * block_n, device)
     for b in range(B_):
         for h in range(H_):
             bt = torch.tensor(b, device=device)
@@ -147,6 +170,8 @@ def create_block_mask(mask_mod, B: int | None, H: int | None, seq_len_q: int, se
                 m = m.expand(r1 - r0, mk * block_n)
                 valid = (q[:, None] < seq_len_q) & (kv[None, :] < seq_len_k)
                 m = m & valid
+                if compute_partial:
+                    ranges.add(b, h, r0, m)
                 blocks = m.view((r1 - r0) // block_m, block_m, mk, block_n).permute(0, 2, 1, 3)
                 any_ = blocks.any(-1).any(-1)
                 # a block is full only if every element, valid rows included, is visible and inside Nk
@@ -177,9 +202,54 @@ def create_block_mask(mask_mod, B: int | None, H: int | None, seq_len_q: int, se
     q_full_num, q_full_idx = _sorted_lists(full.transpose(-1, -2))
     q_part_num, q_part_idx = _sorted_lists(part.transpose(-1, -2))
     tile_of32 = tile_of.clamp_min(0).to(torch.int32)
+    kind, info = PARTIAL_TILE.value, None
+    if compute_partial and ranges.contiguous():
+        kind, info = PARTIAL_RANGES.value, ranges.info(seq_len_q, seq_len_k)
     return BlockMask(seq_len_q, seq_len_k, block_m, block_n, kv_full_num, kv_full_idx, kv_part_num, kv_part_idx,
                      tile_of32.contiguous(), q_full_num, q_full_idx, q_part_num, q_part_idx,
-                     tile_of32.transpose(-1, -2).contiguous(), tiles_t.contiguous(), mask_mod)
+                     tile_of32.transpose(-1, -2).contiguous(), tiles_t.contiguous(), mask_mod, kind, info)
+
+
+class _Ranges:
+    """Per (batch, head) row of a mask being built, each query's first / last visible key and count, each
+    key's first / last query and count, accumulated chunk by chunk; the mask has ranges where every count
+    equals last - first + 1 (or 0)."""
+
+    def __init__(self, B, H, n_rows, n_cols, device):
+        self.q_first = torch.zeros(B, H, n_rows, dtype=torch.int64, device=device)
+        self.q_last = torch.full_like(self.q_first, -1)
+        self.q_ok = torch.ones(B, H, dtype=torch.bool, device=device)
+        self.k_first = torch.full((B, H, n_cols), n_rows, dtype=torch.int64, device=device)
+        self.k_last = torch.full_like(self.k_first, -1)
+        self.k_count = torch.zeros_like(self.k_first)
+
+    @staticmethod
+    def _first_last(m, dim):
+        count = m.sum(dim)
+        first = m.to(torch.uint8).argmax(dim)  # argmax gives the first maximum
+        last = m.shape[dim] - 1 - m.flip(dim).to(torch.uint8).argmax(dim)
+        return count, first, last
+
+    def add(self, b, h, r0, m):
+        count, first, last = self._first_last(m, 1)
+        has = count > 0
+        self.q_first[b, h, r0:r0 + m.shape[0]] = torch.where(has, first, 0)
+        self.q_last[b, h, r0:r0 + m.shape[0]] = torch.where(has, last, -1)
+        self.q_ok[b, h] &= bool(((count == 0) | (count == last - first + 1)).all())
+        count, first, last = self._first_last(m, 0)
+        has = count > 0
+        self.k_first[b, h] = torch.where(has, torch.minimum(self.k_first[b, h], first + r0), self.k_first[b, h])
+        self.k_last[b, h] = torch.where(has, torch.maximum(self.k_last[b, h], last + r0), self.k_last[b, h])
+        self.k_count[b, h] += count
+
+    def contiguous(self) -> bool:
+        k_ok = (self.k_count == 0) | (self.k_count == self.k_last - self.k_first + 1)
+        return bool(self.q_ok.all()) and bool(k_ok.all())
+
+    def info(self, n_q, n_k) -> torch.Tensor:
+        k_first = torch.where(self.k_count > 0, self.k_first, 0)
+        parts = (self.q_first[..., :n_q], self.q_last[..., :n_q], k_first[..., :n_k], self.k_last[..., :n_k])
+        return torch.cat(parts, -1).to(torch.int32).contiguous()
 
 
 _NO_MASK = {}
@@ -192,14 +262,18 @@ def kernel_args(block_mask: BlockMask | None, device, by_key_blocks: bool = Fals
         dummy = _NO_MASK.get(device)
         if dummy is None:
             dummy = _NO_MASK.setdefault(device, torch.zeros(1, dtype=torch.int32, device=device))
-        return ((dummy,) * 6 + (1, 1, 1, 1)), dict(HAS_MASK=False, MASK_BLOCK_M=256, MASK_BLOCK_N=256)
+        return ((dummy,) * 6 + (1, 1, 1, 1)), dict(HAS_MASK=False, MASK_BLOCK_M=256, MASK_BLOCK_N=256,
+                                                   PARTIAL_KIND=PARTIAL_TILE.value)
     bm = block_mask
     mb, mh, mq = bm.kv_full_num.shape
     mk = bm.kv_full_idx.shape[-1]
+    # the kernels' TILES argument: the stored tiles, or the description they compute partial blocks from
+    tiles = bm.tiles if bm.partial_info is None else bm.partial_info
     if by_key_blocks:
-        tensors = (bm.q_full_num, bm.q_full_idx, bm.q_part_num, bm.q_part_idx, bm.q_part_tile, bm.tiles)
+        tensors = (bm.q_full_num, bm.q_full_idx, bm.q_part_num, bm.q_part_idx, bm.q_part_tile, tiles)
         sizes = (mb, mh, mk, mq)
     else:
-        tensors = (bm.kv_full_num, bm.kv_full_idx, bm.kv_part_num, bm.kv_part_idx, bm.kv_part_tile, bm.tiles)
+        tensors = (bm.kv_full_num, bm.kv_full_idx, bm.kv_part_num, bm.kv_part_idx, bm.kv_part_tile, tiles)
         sizes = (mb, mh, mq, mk)
-    return tensors + sizes, dict(HAS_MASK=True, MASK_BLOCK_M=bm.block_m, MASK_BLOCK_N=bm.block_n)
+    return tensors + sizes, dict(HAS_MASK=True, MASK_BLOCK_M=bm.block_m, MASK_BLOCK_N=bm.block_n,
+                                 PARTIAL_KIND=bm.partial_kind)

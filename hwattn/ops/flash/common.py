@@ -122,6 +122,44 @@ def visible(rows, cols, n_q, n_k, CAUSAL: tl.constexpr, window_left=0, window_ri
     return keep
 
 
+# How a block mask's partial blocks get their element mask (`block_mask.BlockMask.partial_kind`):
+PARTIAL_TILE = tl.constexpr(1)    # a stored uint8 tile per distinct pattern (any mask)
+PARTIAL_RANGES = tl.constexpr(2)  # per query its one visible key range, per key its one query range
+
+
+@triton.jit
+def mask_ranges(TILES, mask_row, idx, n_q, n_k, KIND: tl.constexpr, BY_KEYS: tl.constexpr):
+    """PARTIAL_RANGES: the key range each of this program's queries sees (idx: its rows) or, BY_KEYS, the
+    query range that sees each of its keys (idx: its columns), from row `mask_row` (= b * mask_h + h,
+    broadcast) of the mask's ranges: [first key of each of the Nq queries, last key, first query of each of
+    the Nk keys, last query]. Loaded once per program: a program's rows (or keys) are fixed."""
+    lo = idx
+    hi = idx
+    if KIND == PARTIAL_RANGES:
+        base = TILES + mask_row.to(tl.int64) * (2 * (n_q + n_k))
+        if BY_KEYS:
+            lo = tl.load(base + 2 * n_q + idx, mask=idx < n_k, other=0)
+            hi = tl.load(base + 2 * n_q + n_k + idx, mask=idx < n_k, other=-1)
+        else:
+            lo = tl.load(base + idx, mask=idx < n_q, other=0)
+            hi = tl.load(base + n_q + idx, mask=idx < n_q, other=-1)
+    return lo, hi
+
+
+@triton.jit
+def partial_keep(tile_ptrs, range_lo, range_hi, rows, cols, KIND: tl.constexpr, BY_KEYS: tl.constexpr):
+    """Element mask of a block mask's partial block: its stored tile (PARTIAL_TILE, at tile_ptrs), or two
+    compares per score against `mask_ranges` (shaped [rows, 1], or [keys, 1] BY_KEYS, the dK/dV pass), where
+    a tile costs a byte per score. `rows` and `cols` come shaped for broadcasting, as for `visible`."""
+    if KIND == PARTIAL_TILE:
+        keep = tl.load(tile_ptrs) != 0
+    elif BY_KEYS:
+        keep = (rows >= range_lo) & (rows <= range_hi)
+    else:
+        keep = (cols >= range_lo) & (cols <= range_hi)
+    return keep
+
+
 @triton.jit
 def _tanh(x):
     """tanh(x) and its derivative 1 - tanh(x)^2 from one exp2 of a non-positive number (never overflows).

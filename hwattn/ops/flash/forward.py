@@ -9,23 +9,24 @@ import triton
 import triton.language as tl
 
 from ..._runtime import env_choice, interpreting
-from .common import LOG2E, kv_ranges, modded_scores, visible
+from .common import PARTIAL_TILE, LOG2E, kv_ranges, mask_ranges, modded_scores, partial_keep, visible
 from .block_mask import kernel_args
 from .configs import autotune_enabled, autotuned, fixed_config, fwd_configs, launch_fixed
 from .score_mods import score_mod_kwargs
 
 
 @triton.jit
-def _fwd_step(acc, l_i, m_i, q, k_ptrs, v_ptrs, rows, cols, n_q, n_k, qk_scale, tile_ptrs,
+def _fwd_step(acc, l_i, m_i, q, k_ptrs, v_ptrs, rows, cols, n_q, n_k, qk_scale, tile_ptrs, range_lo, range_hi,
               BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-              TILE_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+              PARTIAL_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
               window_left=0, window_right=0, softcap_log2=1.0, alibi_slope=0.0, rel_bias_row=None,
               WINDOW: tl.constexpr = False, SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False,
               REL_BIAS: tl.constexpr = False):
     """One key block through the online softmax. MASKED blocks (causal diagonal, window edges, sequence
     edge, partial blocks of a block mask) pay for bounds checks and the element mask; the bulk of blocks
-    does not. The trailing arguments (a window, score mods; off by default) are `common.visible`'s and
-    `common.modded_scores`'."""
+    does not. PARTIAL_MASK (0: none) is how a block mask's partial block gets its element mask, from tile_ptrs
+    (`common.partial_keep`). The trailing arguments (a window, score mods; off by default) are
+    `common.visible`'s and `common.modded_scores`'."""
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     if MASKED:
@@ -42,8 +43,9 @@ def _fwd_step(acc, l_i, m_i, q, k_ptrs, v_ptrs, rows, cols, n_q, n_k, qk_scale, 
         qk_scale = 1.0
     if MASKED:
         keep = visible(rows[:, None], cols[None, :], n_q, n_k, CAUSAL, window_left, window_right, WINDOW)
-        if TILE_MASK:
-            keep = keep & (tl.load(tile_ptrs) != 0)
+        if PARTIAL_MASK:
+            keep = keep & partial_keep(tile_ptrs, range_lo[:, None], range_hi[:, None], rows[:, None], cols[None, :],
+                                       PARTIAL_MASK, False)
         qk = tl.where(keep, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         # a row with nothing visible yet keeps m = -inf; subtract 0 instead to avoid inf - inf
@@ -83,22 +85,23 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, stride_vd
         start_n = tl.multiple_of(start_n, BLOCK_N)
         # scalar int64 offsets: at N ~ 1M rows * stride overflows int32
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base + start_n.to(tl.int64) * stride_kn + kt_tile,
-                                  v_base + start_n.to(tl.int64) * stride_vn + v_tile, rows, start_n + offs_n,
-                                  n_q, n_k, qk_scale, None, BLOCK_D, HEAD_DIM, MASKED, CAUSAL, False, DOT_PRECISION,
-                                  window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
-                                  WINDOW, SOFTCAP, ALIBI, REL_BIAS)
+                                  v_base + start_n.to(tl.int64) * stride_vn + v_tile, rows, start_n + offs_n, n_q, n_k,
+                                  qk_scale, None, None, None, BLOCK_D, HEAD_DIM, MASKED, CAUSAL, False, DOT_PRECISION,
+                                  window_left, window_right, softcap_log2, alibi_slope, rel_bias_row, WINDOW, SOFTCAP,
+                                  ALIBI, REL_BIAS)
     return acc, l_i, m_i
 
 
 @triton.jit
 def _fwd_sparse(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, n_q, n_k, qk_scale,
-                list_off, NUM, IDX, TILE_OF, TILES, row_in_tile, n_mask_cols,
+                list_off, NUM, IDX, TILE_OF, TILES, range_lo, range_hi, row_in_tile, n_mask_cols,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
                 MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr, PARTIAL: tl.constexpr,
-                DOT_PRECISION: tl.constexpr, softcap_log2=1.0, alibi_slope=0.0, rel_bias_row=None,
-                SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False, REL_BIAS: tl.constexpr = False):
+                PARTIAL_KIND: tl.constexpr, DOT_PRECISION: tl.constexpr, softcap_log2=1.0, alibi_slope=0.0,
+                rel_bias_row=None, SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False,
+                REL_BIAS: tl.constexpr = False):
     """Stream the key blocks a block mask lists for this query block: full ones unmasked, partial ones
-    with their stored element tile. Blocks not listed are never read."""
+    with their element mask (a stored tile, or computed from range_lo / range_hi). Blocks not listed are never read."""
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -112,14 +115,16 @@ def _fwd_sparse(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, n_
     for j in range(0, tl.load(NUM + list_off) * subs):
         sub = j % subs
         kb = tl.load(IDX + list_off * n_mask_cols + j // subs)
-        tile_ptrs = TILES + sub * BLOCK_N + mask_tile
-        if PARTIAL:
-            tile_ptrs += tl.load(TILE_OF + list_off * n_mask_cols + kb).to(tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
+        tile_ptrs = TILES  # unused with ranges
+        if PARTIAL_KIND == PARTIAL_TILE:
+            tile_ptrs = TILES + sub * BLOCK_N + mask_tile
+            if PARTIAL:
+                tile_ptrs += tl.load(TILE_OF + list_off * n_mask_cols + kb).to(tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
         start_n = kb * MASK_BLOCK_N + sub * BLOCK_N
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base + start_n.to(tl.int64) * stride_kn + kt_tile,
                                   v_base + start_n.to(tl.int64) * stride_vn + v_tile, rows, start_n + offs_n,
-                                  n_q, n_k, qk_scale, tile_ptrs, BLOCK_D, HEAD_DIM, PARTIAL, False, PARTIAL,
-                                  DOT_PRECISION, 0, 0, softcap_log2, alibi_slope, rel_bias_row,
+                                  n_q, n_k, qk_scale, tile_ptrs, range_lo, range_hi, BLOCK_D, HEAD_DIM, PARTIAL, False,
+                                  PARTIAL_KIND * PARTIAL, DOT_PRECISION, 0, 0, softcap_log2, alibi_slope, rel_bias_row,
                                   False, SOFTCAP, ALIBI, REL_BIAS)
     return acc, l_i, m_i
 
@@ -167,7 +172,7 @@ def _fwd_tile(pid_m, pid_bh, Q, K, V, O, LSE, DESCALE_Q, DESCALE_K, DESCALE_V,
               CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
               HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr,
-              HAS_DESCALE: tl.constexpr,
+              PARTIAL_KIND: tl.constexpr, HAS_DESCALE: tl.constexpr,
               SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right,
               WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr):
     """Query block pid_m of (batch, head) pid_bh = b * num_heads + h: the whole forward of one tile."""
@@ -204,18 +209,20 @@ def _fwd_tile(pid_m, pid_bh, Q, K, V, O, LSE, DESCALE_Q, DESCALE_K, DESCALE_V,
 
     if HAS_MASK:
         # this query block's row of the block mask (B and H broadcast when the mask has size 1 there)
-        list_off = ((b % mask_b) * mask_h + h % mask_h) * n_mask_rows + start_m // MASK_BLOCK_M
+        mask_row = (b % mask_b) * mask_h + h % mask_h
+        list_off = mask_row * n_mask_rows + start_m // MASK_BLOCK_M
         row_in_tile = start_m % MASK_BLOCK_M
+        range_lo, range_hi = mask_ranges(TILES, mask_row, rows, n_q, n_k, PARTIAL_KIND, False)
         acc, l_i, m_i = _fwd_sparse(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, n_q, n_k,
-                                    qk_scale, list_off, FULL_NUM, FULL_IDX, PART_TILE, TILES, row_in_tile,
-                                    n_mask_cols, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, MASK_BLOCK_M, MASK_BLOCK_N,
-                                    False, DOT_PRECISION, softcap_log2, alibi_slope, rel_bias_row,
-                                    SOFTCAP, ALIBI, REL_BIAS)
+                                    qk_scale, list_off, FULL_NUM, FULL_IDX, PART_TILE, TILES, range_lo, range_hi,
+                                    row_in_tile, n_mask_cols, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, MASK_BLOCK_M,
+                                    MASK_BLOCK_N, False, PARTIAL_KIND, DOT_PRECISION, softcap_log2, alibi_slope,
+                                    rel_bias_row, SOFTCAP, ALIBI, REL_BIAS)
         acc, l_i, m_i = _fwd_sparse(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, rows, n_q, n_k,
-                                    qk_scale, list_off, PART_NUM, PART_IDX, PART_TILE, TILES, row_in_tile,
-                                    n_mask_cols, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, MASK_BLOCK_M, MASK_BLOCK_N,
-                                    True, DOT_PRECISION, softcap_log2, alibi_slope, rel_bias_row,
-                                    SOFTCAP, ALIBI, REL_BIAS)
+                                    qk_scale, list_off, PART_NUM, PART_IDX, PART_TILE, TILES, range_lo, range_hi,
+                                    row_in_tile, n_mask_cols, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, MASK_BLOCK_M,
+                                    MASK_BLOCK_N, True, PARTIAL_KIND, DOT_PRECISION, softcap_log2, alibi_slope,
+                                    rel_bias_row, SOFTCAP, ALIBI, REL_BIAS)
     else:
         acc, l_i, m_i = _fwd_dense(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, stride_vd, rows, start_m,
                                    n_q, n_k, qk_scale, window_left, window_right, softcap_log2, alibi_slope,
@@ -246,7 +253,7 @@ def _fwd_kernel(Q, K, V, O, LSE, DESCALE_Q, DESCALE_K, DESCALE_V,
                 CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
                 HAS_MASK: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr,
-                HAS_DESCALE: tl.constexpr,
+                PARTIAL_KIND: tl.constexpr, HAS_DESCALE: tl.constexpr,
                 SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right,
                 WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,
                 PERSISTENT: tl.constexpr = False):
@@ -268,12 +275,12 @@ def _fwd_kernel(Q, K, V, O, LSE, DESCALE_Q, DESCALE_K, DESCALE_V,
                 pid_m = rank
             pid_bh = t % n_bh
             _fwd_tile(pid_m, pid_bh, Q, K, V, O, LSE, DESCALE_Q, DESCALE_K, DESCALE_V, stride_qb, stride_qm,
-                      stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_vd,
-                      stride_ob, stride_om, stride_oh, n_q, n_k, num_heads, group_size, qk_scale, seq_bucket,
-                      FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_rows,
-                      n_mask_cols, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, DOT_PRECISION, HAS_MASK, MASK_BLOCK_M,
-                      MASK_BLOCK_N, HAS_DESCALE, SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h,
-                      window_left, window_right, WINDOW, SOFTCAP, ALIBI, REL_BIAS)
+                      stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_vd, stride_ob,
+                      stride_om, stride_oh, n_q, n_k, num_heads, group_size, qk_scale, seq_bucket, FULL_NUM, FULL_IDX,
+                      PART_NUM, PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_rows, n_mask_cols, CAUSAL, HEAD_DIM,
+                      BLOCK_D, BLOCK_M, BLOCK_N, DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N, PARTIAL_KIND,
+                      HAS_DESCALE, SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left,
+                      window_right, WINDOW, SOFTCAP, ALIBI, REL_BIAS)
     else:
         if CAUSAL:
             # the last query blocks see the most keys: launch them first so the tail of the grid is short
@@ -285,9 +292,9 @@ def _fwd_kernel(Q, K, V, O, LSE, DESCALE_Q, DESCALE_K, DESCALE_V,
                   stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_vd, stride_ob, stride_om,
                   stride_oh, n_q, n_k, num_heads, group_size, qk_scale, seq_bucket, FULL_NUM, FULL_IDX, PART_NUM,
                   PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_rows, n_mask_cols, CAUSAL, HEAD_DIM, BLOCK_D,
-                  BLOCK_M, BLOCK_N, DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N, HAS_DESCALE, SLOPES,
-                  stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, WINDOW, SOFTCAP,
-                  ALIBI, REL_BIAS)
+                  BLOCK_M, BLOCK_N, DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N, PARTIAL_KIND, HAS_DESCALE,
+                  SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, WINDOW,
+                  SOFTCAP, ALIBI, REL_BIAS)
 
 
 _fwd_autotuned = None if interpreting() else autotuned(_fwd_kernel, fwd_configs)
