@@ -13,7 +13,7 @@ and 128), then `triton.compile`s each specialisation for sm_90 with the installe
 serialised its wgmmas (note C7515 and kin: every wgmma then waits for the previous one; that cost the forward
 8% until the loop order was fixed, docs/hopper.md). --plain: no score mods, no window; --no-mods: windows kept.
 
-    TRITON_INTERPRET= python scripts/flash_compile_check.py --jobs 2 [--against DIR] [--quick]
+    TRITON_INTERPRET= python scripts/flash_compile_check.py --jobs 2 [--against DIR] [--quick] [--dump DIR]
     python scripts/flash_compile_check.py --quick --plain --wgmma [--all-configs]   # registers / spills / wgmma
     python scripts/flash_compile_check.py --write-launches --launches /tmp/flash.json   # then, in a venv with
     /tmp/t36/bin/python scripts/flash_compile_check.py --launches /tmp/flash.json     # another triton only
@@ -291,7 +291,7 @@ def plain_key(spec):
     """What identifies a plain launch across checkouts: kernel, pointer dtypes, launch config and the
     constexprs both checkouts have (the new switches, all off, left out)."""
     new = {"WINDOW", "SOFTCAP", "ALIBI", "REL_BIAS", "REL_BIAS_GRAD", "HAS_DESCALE", "stride_vd", "PERSISTENT",
-           "ATOMIC_DQ"}
+           "ATOMIC_DQ", "PARTIAL_KIND"}
     c = {k: v for k, v in spec["constexprs"].items() if k not in new and not k.startswith("DESCALE")
          and v is not None}
     dts = sorted(t for n, t in spec["signature"].items() if n in ("Q", "O", "DQ"))
@@ -333,6 +333,7 @@ def main():
     ap.add_argument("--kernels", default="", help="comma-separated kernel names: only these")
     ap.add_argument("--plain", action="store_true", help="no score mods, no window (block masks included)")
     ap.add_argument("--no-mods", action="store_true", help="no score mods (windows and block masks included)")
+    ap.add_argument("--dump", default="", help="write each kernel's TTGIR and PTX into this directory")
     ap.add_argument("--wgmma", action="store_true",
                     help="also run ptxas -v on each kernel: registers, spills, and whether its wgmmas are serialised")
     args = ap.parse_args()
@@ -361,7 +362,7 @@ def main():
     plain = [s for s in specs if not any(s["constexprs"].get(k) for k in ("WINDOW", "SOFTCAP", "ALIBI", "REL_BIAS"))]
     failures, ours = [], {}
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=spawn) as pool:
-        jobs = [(s, ROOT, bool(args.against) and s in plain, args.wgmma) for s in specs]
+        jobs = [(s, ROOT, bool(args.dump) or (bool(args.against) and s in plain), args.wgmma) for s in specs]
         serialised = 0
         for i, (spec, err, asm) in enumerate(pool.map(compile_one, jobs)):
             if err:
@@ -372,6 +373,13 @@ def main():
                 serialised += bool(notes)
                 log(f"{'SERIALISED' if notes else 'pipelined '} regs {regs:3d} spill {spill:4d} B  {label(spec)}"
                     + (f"  [{'; '.join(' '.join(n) for n in notes)}]" if notes else ""))
+            if asm and args.dump:
+                os.makedirs(args.dump, exist_ok=True)
+                name = f"{i:03d}_{spec['kernel']}"
+                for ext in ("ttgir", "ptx"):
+                    with open(os.path.join(args.dump, f"{name}.{ext}"), "w") as f:
+                        f.write(asm[ext])
+                log(f"dumped {name}: {label(spec)}")
             if asm and bool(args.against) and spec in plain:
                 ours[plain_key(spec)] = (spec, asm)
             if (i + 1) % 20 == 0:
