@@ -145,6 +145,30 @@ def test_computed_partial_blocks_equal_stored_tiles(name, n_q, n_k):
         assert_rel_close(name_, g, r, torch.float16)
 
 
+@pytest.mark.parametrize("name", ["document_causal", "per_head_window"])
+def test_launch_order_and_sub_blocks(name):
+    """Mask blocks twice the kernels' blocks (two programs per mask block, the last past Nq / Nk), walked
+    longest first: still the float64 reference; the orders list every block once, by decreasing work."""
+    n_q, n_k = 70, 100
+    mask_mod = COMPUTED[name](n_q, n_k)
+    bm = masks.create_block_mask(mask_mod, 2, 4, n_q, n_k, device=DEV, block_size=2 * BLOCK)
+    for order, counts in ((bm.key_block_order, bm.q_full_num + bm.q_part_num),
+                          (bm.query_block_order, bm.kv_full_num + bm.kv_part_num)):
+        work = counts.sum((0, 1))[order.long()]
+        assert sorted(order.tolist()) == list(range(counts.shape[-1])) and bool((work[:-1] >= work[1:]).all())
+    torch.manual_seed(1)
+    q = torch.randn(2, n_q, 4, 32, device=DEV).to(torch.float16).requires_grad_()
+    k, v = (torch.randn(2, n_k, 2, 32, device=DEV).to(torch.float16).requires_grad_() for _ in range(2))
+    out = hwattn.flash_attention(q, k, v, block_mask=bm)
+    do = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    x64 = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    ref = reference(*x64, mask=_dense(mask_mod, 2, 4, n_q, n_k))
+    assert_rel_close("out", out, ref, torch.float16)
+    for name_, g, r in zip(("dq", "dk", "dv"), grads, torch.autograd.grad(ref, x64, do.double())):
+        assert_rel_close(name_, g, r, torch.float16)
+
+
 def test_which_masks_get_ranges():
     """Ranges only where every row and every column of the mask is one contiguous run; else stored tiles.
     The ranges themselves: per query its first / last key, per key its first / last query (-1: none)."""

@@ -36,7 +36,9 @@ class BlockMask:
         PARTIAL_RANGES (from partial_info);
     partial_info: (B, H, 2 (Nq + Nk)) int32 or None: per (batch, head) row of the mask, the first and last
         key each query sees (Nq firsts, then Nq lasts), then the first and last query that sees each key
-        (Nk, Nk); nothing visible is first 0, last -1.
+        (Nk, Nk); nothing visible is first 0, last -1;
+    key_block_order / query_block_order: (Mk,) / (Mq,) int32 the key (query) blocks by decreasing number of
+        listed blocks, summed over the mask's batch and heads: the dK/dV (dQ) launch order, longest first.
     """
     seq_len_q: int
     seq_len_k: int
@@ -56,6 +58,14 @@ class BlockMask:
     mask_mod: object = None
     partial_kind: int = PARTIAL_TILE.value
     partial_info: torch.Tensor | None = None
+    key_block_order: torch.Tensor | None = None
+    query_block_order: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.key_block_order is None:
+            self.key_block_order = _longest_first(self.q_full_num + self.q_part_num)
+        if self.query_block_order is None:
+            self.query_block_order = _longest_first(self.kv_full_num + self.kv_part_num)
 
     @property
     def shape(self):
@@ -83,7 +93,8 @@ class BlockMask:
         return dense[..., : self.seq_len_q, : self.seq_len_k]
 
     _TENSORS = ("kv_full_num", "kv_full_idx", "kv_part_num", "kv_part_idx", "kv_part_tile", "q_full_num",
-                "q_full_idx", "q_part_num", "q_part_idx", "q_part_tile", "tiles")
+                "q_full_idx", "q_part_num", "q_part_idx", "q_part_tile", "tiles", "key_block_order",
+                "query_block_order")
 
     def to_op_args(self):
         """(tensors, ints): the mask as plain arguments a torch custom op accepts."""
@@ -96,7 +107,8 @@ class BlockMask:
         if not tensors:
             return None
         n = len(cls._TENSORS)
-        return cls(*ints[:4], *tensors[:n], partial_kind=ints[4], partial_info=tensors[n] if len(tensors) > n else None)
+        return cls(*ints[:4], **dict(zip(cls._TENSORS, tensors[:n])), partial_kind=ints[4],
+                   partial_info=tensors[n] if len(tensors) > n else None)
 
     def check_for(self, B: int, H: int, n_q: int, n_k: int) -> None:
         mb, mh = self.kv_full_num.shape[:2]
@@ -105,6 +117,12 @@ class BlockMask:
                              f"got q/k lengths ({n_q}, {n_k})")
         if mb not in (1, B) or mh not in (1, H):
             raise ValueError(f"block_mask batch/heads ({mb}, {mh}) must be 1 or equal the inputs' ({B}, {H})")
+
+
+def _longest_first(counts: torch.Tensor) -> torch.Tensor:
+    """counts (B, H, M) listed blocks per block -> (M,) int32 block indices by decreasing total (stable)."""
+    work = counts.sum((0, 1), dtype=torch.int64)
+    return torch.argsort(-work, stable=True).to(torch.int32).contiguous()
 
 
 def _sorted_lists(flags: torch.Tensor):
@@ -253,6 +271,14 @@ class _Ranges:
 
 
 _NO_MASK = {}
+
+
+def launch_order(block_mask: BlockMask | None, device, by_key_blocks: bool = False):
+    """The backward's launch order over mask blocks (key blocks for dK/dV, else query blocks), longest first;
+    a dummy without a mask."""
+    if block_mask is None:
+        return kernel_args(None, device)[0][0]
+    return block_mask.key_block_order if by_key_blocks else block_mask.query_block_order
 
 
 def kernel_args(block_mask: BlockMask | None, device, by_key_blocks: bool = False):
