@@ -291,9 +291,9 @@ def plain_key(spec):
     """What identifies a plain launch across checkouts: kernel, pointer dtypes, launch config and the
     constexprs both checkouts have (the new switches, all off, left out)."""
     new = {"WINDOW", "SOFTCAP", "ALIBI", "REL_BIAS", "REL_BIAS_GRAD", "HAS_DESCALE", "stride_vd", "PERSISTENT",
-           "ATOMIC_DQ", "PARTIAL_KIND"}
+           "ATOMIC_DQ"}
     c = {k: v for k, v in spec["constexprs"].items() if k not in new and not k.startswith("DESCALE")
-         and v is not None}
+         and v is not None and not (k == "PARTIAL_KIND" and v == 1)}  # 1: stored tiles, what came before
     dts = sorted(t for n, t in spec["signature"].items() if n in ("Q", "O", "DQ"))
     return json.dumps([spec["kernel"], dts, spec["num_warps"], spec["num_stages"], c], sort_keys=True)
 

@@ -142,11 +142,12 @@ def _dkdv_sparse(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm,
     # one loop over (listed block, sub-block) pairs, one step in its body (`_fwd_sparse`)
     subs: tl.constexpr = MASK_BLOCK_M // BLOCK_M
     n_pairs = tl.load(NUM + list_off) * subs
-    qb, tile_off = listed_block(IDX, TILE_OF, list_off * n_mask_rows, 0, n_pairs, subs,
-                                 MASK_BLOCK_M * MASK_BLOCK_N, PARTIAL * (PARTIAL_KIND == PARTIAL_TILE))
+    qb = listed_block(IDX, list_off * n_mask_rows, 0, n_pairs, subs)
     for j in range(0, n_pairs):
         sub = j % subs
-        tile_ptrs = TILES + tile_off + sub * BLOCK_M * MASK_BLOCK_N + mask_tile  # unused with ranges
+        tile_ptrs = TILES + sub * BLOCK_M * MASK_BLOCK_N + mask_tile  # unused with ranges
+        if PARTIAL * (PARTIAL_KIND == PARTIAL_TILE):
+            tile_ptrs += tl.load(TILE_OF + list_off * n_mask_rows + qb).to(tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
         start_m = qb * MASK_BLOCK_M + sub * BLOCK_M
         rows = start_m + offs_m
         dq_ptrs = None
@@ -158,8 +159,7 @@ def _dkdv_sparse(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm,
                             BLOCK_D, HEAD_DIM, PARTIAL, False, PARTIAL_KIND * PARTIAL, DOT_PRECISION,
                             0, 0, softcap_log2, alibi_slope, rel_bias_row, False, SOFTCAP, ALIBI, REL_BIAS,
                             dq_ptrs, softmax_scale, ATOMIC_DQ)
-        qb, tile_off = listed_block(IDX, TILE_OF, list_off * n_mask_rows, j + 1, n_pairs, subs,
-                                     MASK_BLOCK_M * MASK_BLOCK_N, PARTIAL * (PARTIAL_KIND == PARTIAL_TILE))
+        qb = listed_block(IDX, list_off * n_mask_rows, j + 1, n_pairs, subs)
     return dk, dv
 
 
@@ -399,11 +399,12 @@ def _dq_sparse(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows
     mask_tile = (row_in_tile + offs_m)[:, None] * MASK_BLOCK_N + offs_n[None, :]
     subs: tl.constexpr = MASK_BLOCK_N // BLOCK_N  # one loop over (block, sub-block) pairs: `_fwd_sparse`
     n_pairs = tl.load(NUM + list_off) * subs
-    kb, tile_off = listed_block(IDX, TILE_OF, list_off * n_mask_cols, 0, n_pairs, subs,
-                                 MASK_BLOCK_M * MASK_BLOCK_N, PARTIAL * (PARTIAL_KIND == PARTIAL_TILE))
+    kb = listed_block(IDX, list_off * n_mask_cols, 0, n_pairs, subs)
     for j in range(0, n_pairs):
         sub = j % subs
-        tile_ptrs = TILES + tile_off + sub * BLOCK_N + mask_tile  # unused with ranges
+        tile_ptrs = TILES + sub * BLOCK_N + mask_tile  # unused with ranges
+        if PARTIAL * (PARTIAL_KIND == PARTIAL_TILE):
+            tile_ptrs += tl.load(TILE_OF + list_off * n_mask_cols + kb).to(tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
         start_n = kb * MASK_BLOCK_N + sub * BLOCK_N
         dq = _dq_step(dq, q, do, lse, delta, k_base + start_n.to(tl.int64) * stride_kn + kt_tile,
                       v_base + start_n.to(tl.int64) * stride_vn + vt_tile, rows, start_n + offs_n, n_q, n_k, qk_scale,
@@ -411,8 +412,7 @@ def _dq_sparse(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows
                       DOT_PRECISION, 0, 0,
                       softcap_log2, alibi_slope, rel_bias_row, drel_bias_row, False, SOFTCAP, ALIBI, REL_BIAS,
                       REL_BIAS_GRAD)
-        kb, tile_off = listed_block(IDX, TILE_OF, list_off * n_mask_cols, j + 1, n_pairs, subs,
-                                     MASK_BLOCK_M * MASK_BLOCK_N, PARTIAL * (PARTIAL_KIND == PARTIAL_TILE))
+        kb = listed_block(IDX, list_off * n_mask_cols, j + 1, n_pairs, subs)
     return dq
 
 

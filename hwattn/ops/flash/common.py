@@ -128,18 +128,13 @@ PARTIAL_RANGES = tl.constexpr(2)  # per query its one visible key range, per key
 
 
 @triton.jit
-def listed_block(IDX, TILE_OF, row_off, j, n_pairs, SUBS: tl.constexpr, TILE_SIZE: tl.constexpr,
-                 WITH_TILE: tl.constexpr):
+def listed_block(IDX, row_off, j, n_pairs, SUBS: tl.constexpr):
     """Block of pair j (block j // SUBS, sub-block j % SUBS) of a block mask's list for one block row
-    (IDX + row_off) and, WITH_TILE, the offset of its stored element tile; 0 past the list. The walks load
-    pair j + 1's at the end of step j: a block index loaded in the step that uses it makes Triton's pipeliner
-    drain every copy at each wait (async_wait num = 0 in the TTGIR, triton 3.6: no prefetch at all)."""
-    in_list = j < n_pairs
-    block = tl.load(IDX + row_off + j // SUBS, mask=in_list, other=0)
-    tile_off = block.to(tl.int64) * 0
-    if WITH_TILE:
-        tile_off = tl.load(TILE_OF + row_off + block, mask=in_list, other=0).to(tl.int64) * TILE_SIZE
-    return block, tile_off
+    (IDX + row_off); 0 past the list. The backward walks load pair j + 1's at the end of step j: a block index
+    loaded in the step that uses it makes Triton's pipeliner drain every copy at each wait (async_wait num = 0
+    in the TTGIR, triton 3.6: no prefetch). A partial block's tile offset stays in its step: carried to the
+    next one as well, it broke triton 3.9's pipeliner ("Op used before defined")."""
+    return tl.load(IDX + row_off + j // SUBS, mask=j < n_pairs, other=0)
 
 
 @triton.jit
