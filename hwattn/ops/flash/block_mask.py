@@ -174,7 +174,7 @@ def create_block_mask(mask_mod, B: int | None, H: int | None, seq_len_q: int, se
     tile_ids = {}
     kv = torch.arange(mk * block_n, device=device)
     rows_per_chunk = max(block_m, (chunk_elems // max(1, mk * block_n)) // block_m * block_m)
-    ranges = _Ranges(B_, H_, mq * block_m, mk * block_n, device)
+    ranges = _Ranges(B_, H_, mq * block_m, mk * block_n, device) if compute_partial else None
     for b in range(B_):
         for h in range(H_):
             bt = torch.tensor(b, device=device)
@@ -188,7 +188,7 @@ def create_block_mask(mask_mod, B: int | None, H: int | None, seq_len_q: int, se
                 m = m.expand(r1 - r0, mk * block_n)
                 valid = (q[:, None] < seq_len_q) & (kv[None, :] < seq_len_k)
                 m = m & valid
-                if compute_partial:
+                if ranges is not None:
                     ranges.add(b, h, r0, m)
                 blocks = m.view((r1 - r0) // block_m, block_m, mk, block_n).permute(0, 2, 1, 3)
                 any_ = blocks.any(-1).any(-1)
@@ -221,7 +221,7 @@ def create_block_mask(mask_mod, B: int | None, H: int | None, seq_len_q: int, se
     q_part_num, q_part_idx = _sorted_lists(part.transpose(-1, -2))
     tile_of32 = tile_of.clamp_min(0).to(torch.int32)
     kind, info = PARTIAL_TILE.value, None
-    if compute_partial and ranges.contiguous():
+    if ranges is not None and ranges.contiguous():
         kind, info = PARTIAL_RANGES.value, ranges.info(seq_len_q, seq_len_k)
     return BlockMask(seq_len_q, seq_len_k, block_m, block_n, kv_full_num, kv_full_idx, kv_part_num, kv_part_idx,
                      tile_of32.contiguous(), q_full_num, q_full_idx, q_part_num, q_part_idx,
@@ -273,11 +273,19 @@ class _Ranges:
 _NO_MASK = {}
 
 
+def _no_mask(device) -> torch.Tensor:
+    """The placeholder the kernels get for every mask tensor when there is no mask (one per device)."""
+    dummy = _NO_MASK.get(device)
+    if dummy is None:
+        dummy = _NO_MASK.setdefault(device, torch.zeros(1, dtype=torch.int32, device=device))
+    return dummy
+
+
 def launch_order(block_mask: BlockMask | None, device, by_key_blocks: bool = False):
     """The backward's launch order over mask blocks (key blocks for dK/dV, else query blocks), longest first;
     a dummy without a mask."""
     if block_mask is None:
-        return kernel_args(None, device)[0][0]
+        return _no_mask(device)
     return block_mask.key_block_order if by_key_blocks else block_mask.query_block_order
 
 
@@ -285,10 +293,7 @@ def kernel_args(block_mask: BlockMask | None, device, by_key_blocks: bool = Fals
     """Pointer/int arguments and constexprs the kernels take for a block mask (dummies when None).
     by_key_blocks: the transposed lists (per key block, its query blocks), for dK/dV."""
     if block_mask is None:
-        dummy = _NO_MASK.get(device)
-        if dummy is None:
-            dummy = _NO_MASK.setdefault(device, torch.zeros(1, dtype=torch.int32, device=device))
-        return ((dummy,) * 6 + (1, 1, 1, 1)), dict(HAS_MASK=False, MASK_BLOCK_M=256, MASK_BLOCK_N=256,
+        return ((_no_mask(device),) * 6 + (1, 1, 1, 1)), dict(HAS_MASK=False, MASK_BLOCK_M=256, MASK_BLOCK_N=256,
                                                    PARTIAL_KIND=PARTIAL_TILE.value)
     bm = block_mask
     mb, mh, mq = bm.kv_full_num.shape
