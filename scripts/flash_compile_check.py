@@ -82,16 +82,18 @@ def enumerate_launches(root, plain_only=False, quick=False, dtype_names=None):
 
     kernels = {"forward": (forward, ["_fwd_kernel"]), "backward": (backward, ["_bwd_dkdv_kernel", "_bwd_dq_kernel",
                                                                               "_bwd_fused_kernel"]),
-               "varlen": (varlen, ["_varlen_fwd_kernel", "_varlen_dkdv_kernel", "_varlen_dq_kernel"])}
+               "varlen": (varlen, ["_varlen_fwd_kernel", "_varlen_dkdv_kernel", "_varlen_dq_kernel",
+                                   "_varlen_bwd_fused_kernel"])}
     saved = {}
     for module, (mod, names) in kernels.items():
         for name in names:
             saved[(mod, name)] = getattr(mod, name)
             setattr(mod, name, recorder(module, name, saved[(mod, name)]))
     skip = type("Skip", (), {"__getitem__": lambda self, g: (lambda *a, **k: None)})()
-    for mod in (backward, varlen):  # the preprocess kernel has no mods: not enumerated
-        saved[(mod, "_bwd_preprocess")] = mod._bwd_preprocess
-        mod._bwd_preprocess = skip
+    for mod, name in ((backward, "_bwd_preprocess"), (varlen, "_bwd_preprocess"), (varlen, "_varlen_preprocess")):
+        if hasattr(mod, name):  # the preprocess kernels have no mods: not enumerated
+            saved[(mod, name)] = getattr(mod, name)
+            setattr(mod, name, skip)
     meta = torch.device("meta")
     try:
         from hwattn.ops.flash.score_mods import ScoreMods
@@ -299,7 +301,8 @@ def plain_key(spec):
 
 
 _KIND = {"_fwd_kernel": "fwd", "_bwd_dkdv_kernel": "dkdv", "_bwd_dq_kernel": "dq", "_bwd_fused_kernel": "fused",
-         "_varlen_fwd_kernel": "fwd", "_varlen_dkdv_kernel": "dkdv", "_varlen_dq_kernel": "dq"}
+         "_varlen_fwd_kernel": "fwd", "_varlen_dkdv_kernel": "dkdv", "_varlen_dq_kernel": "dq",
+         "_varlen_bwd_fused_kernel": "fused"}
 
 
 def expand_configs(spec):

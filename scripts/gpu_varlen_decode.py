@@ -188,6 +188,21 @@ def random_lengths(total, lo, hi, gen):
     return lengths
 
 
+def with_env(name, value, fn):
+    """fn with os.environ[name] = value while it runs (a whole fwd+bwd step: the backward reads it)."""
+    def call(*a):
+        old = os.environ.get(name)
+        os.environ[name] = value
+        try:
+            return fn(*a)
+        finally:
+            if old is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = old
+    return call
+
+
 @guarded("varlen timing")
 def time_varlen(rows, shapes, errors):
     import torch
@@ -246,6 +261,10 @@ def time_varlen(rows, shapes, errors):
                 results["varlen random"] = (try_bench("varlen random", runner(
                     lambda q, k, v: flash_attention_varlen(q, k, v, cu, cu, mx, mx, causal=causal), q, k, v), errors),
                     flops(rand_lens))
+                if mode == "fwd+bwd" and causal:  # the default backward is one launch here: the two-launch one too
+                    results["varlen random, split bwd"] = (try_bench("varlen random split", with_env(
+                        "HWATTN_BWD", "split", runner(lambda q, k, v: flash_attention_varlen(
+                            q, k, v, cu, cu, mx, mx, causal=causal), q, k, v)), errors), flops(rand_lens))
                 if flash_attn_varlen_func is not None:
                     results["flash_attn varlen random"] = (try_bench("flash_attn varlen random", runner(
                         lambda q, k, v: flash_attn_varlen_func(q, k, v, cu, cu, mx, mx, causal=causal), q, k, v),
@@ -550,6 +569,7 @@ def main():
     ap.add_argument("--decode-sweep", action="store_true",
                     help="per cache length: every decode launch config x num_splits (kernels only)")
     ap.add_argument("--skip-varlen", action="store_true", help="decode only (no varlen correctness or timings)")
+    ap.add_argument("--skip-decode", action="store_true", help="varlen only (no decode correctness or timings)")
     ap.add_argument("--profile-varlen", action="store_true",
                     help="per-kernel times of dense vs varlen fwd+bwd at the last --varlen-shapes entry")
     args = ap.parse_args()
@@ -569,7 +589,8 @@ def main():
     corr, varlen_rows, decode_rows, split_rows, errors = [], [], [], [], []
     if not args.skip_varlen:
         check_varlen(corr)
-    check_decode(corr)
+    if not args.skip_decode:
+        check_decode(corr)
     write_csv(os.path.join(args.out, "correctness.csv"), corr)
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.varlen_shapes.split(",")]
     if SMOKE:
@@ -580,10 +601,12 @@ def main():
         for causal in (False, True):
             profile_varlen(*shapes[-1], causal)
     write_csv(os.path.join(args.out, "varlen.csv"), varlen_rows)
-    copy_gbps = copy_bandwidth()
-    log(f"copy bandwidth: {copy_gbps or float('nan'):.0f} GB/s (read + write)")
-    lengths = [int(x) for x in args.cache.split(",")] if not SMOKE else [64, 96]
-    time_decode(decode_rows, split_rows, lengths, copy_gbps, errors)
+    copy_gbps = None
+    if not args.skip_decode:
+        copy_gbps = copy_bandwidth()
+        log(f"copy bandwidth: {copy_gbps or float('nan'):.0f} GB/s (read + write)")
+        lengths = [int(x) for x in args.cache.split(",")] if not SMOKE else [64, 96]
+        time_decode(decode_rows, split_rows, lengths, copy_gbps, errors)
     write_csv(os.path.join(args.out, "decode.csv"), decode_rows)
     write_csv(os.path.join(args.out, "splits.csv"), split_rows)
     plot(args.out, varlen_rows, decode_rows, copy_gbps)

@@ -268,8 +268,9 @@ def test_bad_input_is_refused_clearly(change, exc, words):
 @pytest.mark.gpu
 @pytest.mark.parametrize("causal", [False, True])
 def test_gpu_bf16(causal):
+    """Lengths off multiples of 16, the last one too: the padded dK/dV rows and the tail copy on the GPU."""
     torch.manual_seed(0)
-    lq = [1, 300, 129, 1000, 64]
+    lq = [1, 300, 129, 1000, 65]
     lk = lq if not causal else [5, 300, 200, 1000, 1]
     _check(lq, lk, 4, 128, causal, torch.bfloat16, device="cuda")
 
@@ -296,6 +297,46 @@ def test_lengths_that_are_multiples_of_16(causal):
     lq2 = [32, 17, 0, 48]
     q2, _, _ = _inputs(lq2, lk, 1, 2, 16, torch.float32)
     assert not _check_cu_seqlens(q2, k, _cu(lq2), _cu(lk))[2]
+
+
+@pytest.mark.parametrize("lq,tail", [([40, 5, 3], (1, 40)), ([20, 5, 3], (0, 0)), ([16, 17], (1, 16)), ([17, 16], (2, 33)),
+                                     ([17, 16, 0], (3, 33)), ([7, 0, 0], (0, 0)), ([2, 0, 30], (2, 2))])
+def test_sequences_whose_padded_rows_overrun_q(lq, tail):
+    """Lengths that are not multiples of 16: the dK/dV pass reads every sequence padded to a multiple of 16 rows;
+    the first sequence whose padded rows would run past the end of q, and every later one, read a zero-padded
+    copy of the tail of q and dO instead (`_varlen_dkdv_kernel`). Where it starts, and the gradients either
+    side of it, against float64."""
+    from hwattn.ops.flash.varlen import _check_cu_seqlens
+    q, k, _ = _inputs(lq, lq, 1, 1, 16, torch.float32)
+    assert _check_cu_seqlens(q, k, _cu(lq), _cu(lq))[3] == tail
+    for causal in (False, True):
+        _check(lq, lq, 2, 16, causal, torch.float32)
+
+
+@pytest.mark.parametrize("schedule", ["fused", "split"])
+def test_both_backward_schedules(schedule, monkeypatch):
+    """HWATTN_BWD picks one launch (dK/dV then dQ per program, the causal default) or two; both, causal and not."""
+    monkeypatch.setenv("HWATTN_BWD", schedule)
+    for causal in (False, True):
+        _check(*CROSS, 2, 16, causal, torch.float32)
+
+
+def test_broadcast_query_view():
+    """q broadcast over heads (stride 0): the tail copy cannot share such strides, so q is copied first."""
+    lq, lk = [5, 19], [9, 19]
+    base = torch.randn(sum(lq), 1, 16, requires_grad=True)
+    k = torch.randn(sum(lk), 2, 16, requires_grad=True)
+    v = torch.randn(sum(lk), 2, 16, requires_grad=True)
+    q = base.expand(-1, 4, -1)
+    assert q.stride(1) == 0
+    out = flash_attention_varlen(q, k, v, _cu(lq), _cu(lk), max(lq), max(lk), causal=True)
+    do = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (base, k, v), do)
+    ref, _, (q64, k64, v64) = _reference(q, k, v, lq, lk, True)
+    ref_grads = torch.autograd.grad(ref, (q64, k64, v64), do.double())
+    assert_rel_close("out", out, ref, torch.float32)
+    for name, got, want in zip(("dq", "dk", "dv"), grads, (ref_grads[0].sum(1, keepdim=True), *ref_grads[1:])):
+        assert_rel_close(name, got, want, torch.float32)
 
 
 @pytest.mark.gpu

@@ -22,7 +22,7 @@ import triton.language as tl
 
 from ..._checks import check_bool, check_same, check_scale, check_tensor
 from ..._runtime import check_kernel_device, interpreting
-from .backward import _bwd_preprocess, _dkdv_dense, _dq_dense
+from .backward import _dkdv_dense, _dq_dense, backward_schedule
 from .common import LN2, LOG2E, q_ranges
 from .configs import _prune, autotune_enabled, configs, fixed_config, launch_fixed
 from .forward import _fwd_dense, dot_precision, seq_bucket
@@ -87,6 +87,36 @@ def _sequence(CU, b, LENGTHS_16: tl.constexpr):
 
 
 @triton.jit
+def _varlen_preprocess(O, DO, LSE, DELTA_ROWS, LSE_ROWS, CU_Q, CU_ROWS, stride_om, stride_oh, stride_dom, stride_doh,
+                       total_q, rows_stride, num_heads, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                       BLOCK_M: tl.constexpr, LENGTHS_16: tl.constexpr):
+    """delta = rowsum(dO * O) per query row, written where the backward kernels read it: row r of sequence b
+    at CU_ROWS[b] + r of (heads, rows_stride). Unless LENGTHS_16, each sequence's rows are padded there to a
+    multiple of 16 (`_varlen_dkdv_kernel` says why) and the LSE is copied into the same layout; pad rows get
+    delta 0 and LSE +inf (their recomputed P is exactly 0)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // num_heads
+    h = pid_bh % num_heads
+    q_start, n_q = _sequence(CU_Q, b, LENGTHS_16)
+    n_rows = tl.cdiv(n_q, 16) * 16
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    if pid_m * BLOCK_M >= n_rows:
+        return
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = rows < n_q
+    mask = row_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
+    first = q_start.to(tl.int64) + rows
+    o = tl.load(O + first[:, None] * stride_om + h * stride_oh + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(DO + first[:, None] * stride_dom + h * stride_doh + offs_d[None, :], mask=mask, other=0.0)
+    out_rows = h.to(tl.int64) * rows_stride + tl.load(CU_ROWS + b) + rows
+    tl.store(DELTA_ROWS + out_rows, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=rows < n_rows)
+    if not LENGTHS_16:
+        lse = tl.load(LSE + h.to(tl.int64) * total_q + first, mask=row_ok, other=float("inf"))
+        tl.store(LSE_ROWS + out_rows, lse, mask=rows < n_rows)
+
+
+@triton.jit
 def _varlen_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
                        stride_qm, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_om, stride_oh,
                        total_q, num_heads, group_size, qk_scale, max_seqlen_q, seq_bucket,
@@ -146,110 +176,203 @@ def _varlen_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
              mask=row_ok[:, None] & d_ok[None, :])
 
 
+# The three backward kernels (dK/dV, dQ, and both in one launch) share one argument list:
+#   Q, K, V, DO, LSE_ROWS, DELTA_ROWS, DQ, DK, DV, CU_Q, CU_K, CU_ROWS, Q_TAIL, DO_TAIL, <the strides of q, k,
+#   v, dO, dQ, dK, dV>, rows_stride, tail_b, tail_start, <sizes>, <tiles and flags>, <score mods>.
+
 @triton.jit
-def _varlen_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K,
-                        stride_qm, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_dom, stride_doh,
-                        stride_dkn, stride_dkh, stride_dvn, stride_dvh,
-                        total_q, num_kv_heads, group_size, qk_scale, softmax_scale, seq_bucket,
-                        CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                        SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right,
-                        WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,
-                        LENGTHS_16: tl.constexpr = False):
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // num_kv_heads
-    h_kv = pid_bh % num_kv_heads
+def _varlen_dkdv_program(pid_n, pid_kv, Q, K, V, DO, LSE_ROWS, DELTA_ROWS, DK, DV, CU_Q, CU_K, CU_ROWS, Q_TAIL,
+                         DO_TAIL, stride_qm, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_dom,
+                         stride_doh, stride_dkn, stride_dkh, stride_dvn, stride_dvh, rows_stride, tail_b, tail_start,
+                         num_kv_heads, group_size, qk_scale, softmax_scale,
+                         CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                         SLOPES, stride_slopes_b, softcap_log2, BIAS, window_left, window_right,
+                         WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,
+                         LENGTHS_16: tl.constexpr):
+    """dK, dV per key block of a sequence, summed over the query heads of its group. LSE_ROWS / DELTA_ROWS
+    are `_varlen_preprocess`'s (heads, rows_stride) rows, sequence b's from CU_ROWS[b].
+
+    The loop reads query tiles with a row mask rows < n_q. With n_q a multiple of 16 known to the compiler
+    (LENGTHS_16) the mask is built per group of 16 rows; for any other length it was built per row, and the
+    kernel ran at 0.74x the dense one's speed (H200, 2026-12-02). So for other lengths the loop runs on the
+    sequence padded to n_q16 = 16 * ceil(n_q / 16) rows: the extra rows' q and dO are the next sequence's
+    (finite), their LSE in the padded row layout is +inf, so their P and dS are exactly 0; the keys are
+    padded by as much (n_k + pad) so that the causal / window diagonal, at n_k - n_q, stays where it was
+    (keys past n_k only feed dK / dV rows that are never stored). Sequences b >= tail_b, whose padded rows
+    would run past the end of q, read q and dO from Q_TAIL / DO_TAIL instead: rows tail_start.. of q and dO
+    copied with q's and dO's strides, then 16 zero rows. (Taking the exact lengths there instead, a second
+    copy of the loops in the kernel, made ptxas serialise the wgmmas.)"""
+    b = pid_kv // num_kv_heads
+    h_kv = pid_kv % num_kv_heads
     k_start, n_k = _sequence(CU_K, b, LENGTHS_16)
     start_n = pid_n * BLOCK_N
-    if start_n >= n_k:
-        return
+    if start_n < n_k:
+        q_start, n_q = _sequence(CU_Q, b, LENGTHS_16)
+        row_start = tl.multiple_of(tl.load(CU_ROWS + b), 16)  # both row layouts start sequences at multiples of 16
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        cols = start_n + offs_n
+        kv_mask = (cols[:, None] < n_k) & (offs_d[None, :] < HEAD_DIM)
+        first_key = (k_start + start_n).to(tl.int64)
+        k_base = K + first_key * stride_kn + h_kv.to(tl.int64) * stride_kh
+        v_base = V + first_key * stride_vn + h_kv.to(tl.int64) * stride_vh
+        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+        dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+        q_seq = Q + q_start.to(tl.int64) * stride_qm
+        do_seq = DO + q_start.to(tl.int64) * stride_dom
+        n_q_run = n_q  # the loop's lengths: padded unless LENGTHS_16; k, v loads and dK, dV stores keep n_k
+        n_k_run = n_k
+        if not LENGTHS_16:
+            if b >= tail_b:
+                q_seq = Q_TAIL + (q_start - tail_start).to(tl.int64) * stride_qm
+                do_seq = DO_TAIL + (q_start - tail_start).to(tl.int64) * stride_dom
+            pad = tl.cdiv(n_q, 16) * 16 - n_q
+            n_q_run = tl.multiple_of(n_q + pad, 16)
+            n_k_run = n_k + pad
+        lo, full_lo, full_hi, hi = q_ranges(start_n, n_q_run, n_k_run, window_left, window_right, CAUSAL, WINDOW,
+                                            BLOCK_M, BLOCK_N)
+        for g in range(0, group_size):
+            h = h_kv * group_size + g
+            row_base = h.to(tl.int64) * rows_stride + row_start
+            alibi_slope = 0.0
+            if ALIBI:
+                alibi_slope = tl.load(SLOPES + b * stride_slopes_b + h)
+            dk, dv = _dkdv_dense(dk, dv, k, v, q_seq + h.to(tl.int64) * stride_qh,
+                                 do_seq + h.to(tl.int64) * stride_doh, LSE_ROWS + row_base, DELTA_ROWS + row_base,
+                                 stride_qm, stride_dom, cols, lo, full_lo, full_hi, hi, n_q_run, n_k_run, qk_scale,
+                                 window_left, window_right, softcap_log2, alibi_slope, BIAS, BLOCK_M, BLOCK_D,
+                                 HEAD_DIM, CAUSAL, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, REL_BIAS)
+
+        dk = dk * softmax_scale
+        dk_base = DK + first_key * stride_dkn + h_kv.to(tl.int64) * stride_dkh
+        dv_base = DV + first_key * stride_dvn + h_kv.to(tl.int64) * stride_dvh
+        tl.store(dk_base + offs_n[:, None] * stride_dkn + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
+        tl.store(dv_base + offs_n[:, None] * stride_dvn + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _varlen_dq_program(pid_m, pid_bh, Q, K, V, DO, LSE_ROWS, DELTA_ROWS, DQ, CU_Q, CU_K, CU_ROWS, stride_qm,
+                       stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_dom, stride_doh, stride_dqm,
+                       stride_dqh, rows_stride, num_heads, group_size, qk_scale, softmax_scale,
+                       CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                       SLOPES, stride_slopes_b, softcap_log2, BIAS, window_left, window_right, DBIAS,
+                       WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,
+                       REL_BIAS_GRAD: tl.constexpr, LENGTHS_16: tl.constexpr):
+    """dQ of query block pid_m of query head pid_bh (= b * Hq + h) of a sequence."""
+    b = pid_bh // num_heads
+    h = pid_bh % num_heads
     q_start, n_q = _sequence(CU_Q, b, LENGTHS_16)
-
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    cols = start_n + offs_n
-    kv_mask = (cols[:, None] < n_k) & (offs_d[None, :] < HEAD_DIM)
-    first_key = (k_start + start_n).to(tl.int64)
-    k_base = K + first_key * stride_kn + h_kv.to(tl.int64) * stride_kh
-    v_base = V + first_key * stride_vn + h_kv.to(tl.int64) * stride_vh
-    k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
-    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-
-    lo, full_lo, full_hi, hi = q_ranges(start_n, n_q, n_k, window_left, window_right, CAUSAL, WINDOW, BLOCK_M,
-                                        BLOCK_N)
-    for g in range(0, group_size):
-        h = h_kv * group_size + g
-        q_base = Q + q_start.to(tl.int64) * stride_qm + h.to(tl.int64) * stride_qh
-        do_base = DO + q_start.to(tl.int64) * stride_dom + h.to(tl.int64) * stride_doh
-        row_base = h.to(tl.int64) * total_q + q_start
+    start_m = pid_m * BLOCK_M
+    if start_m < n_q:
+        k_start, n_k = _sequence(CU_K, b, LENGTHS_16)
+        h_kv = h // group_size
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, BLOCK_D)
+        rows = start_m + offs_m
+        row_ok = rows < n_q
+        mask = row_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
+        first_row = (q_start + start_m).to(tl.int64)
+        q = tl.load(Q + first_row * stride_qm + h.to(tl.int64) * stride_qh + offs_m[:, None] * stride_qm
+                    + offs_d[None, :], mask=mask, other=0.0)
+        do = tl.load(DO + first_row * stride_dom + h.to(tl.int64) * stride_doh + offs_m[:, None] * stride_dom
+                     + offs_d[None, :], mask=mask, other=0.0)
+        row_base = h.to(tl.int64) * rows_stride + tl.multiple_of(tl.load(CU_ROWS + b), 16)
+        lse = tl.load(LSE_ROWS + row_base + rows, mask=row_ok, other=float("inf"))
+        delta = tl.load(DELTA_ROWS + row_base + rows, mask=row_ok, other=0.0)
+        k_base = K + k_start.to(tl.int64) * stride_kn + h_kv.to(tl.int64) * stride_kh
+        v_base = V + k_start.to(tl.int64) * stride_vn + h_kv.to(tl.int64) * stride_vh
+        dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         alibi_slope = 0.0
         if ALIBI:
             alibi_slope = tl.load(SLOPES + b * stride_slopes_b + h)
-        dk, dv = _dkdv_dense(dk, dv, k, v, q_base, do_base, LSE + row_base, DELTA + row_base, stride_qm,
-                             stride_dom, cols, lo, full_lo, full_hi, hi, n_q, n_k, qk_scale, window_left,
-                             window_right, softcap_log2, alibi_slope, BIAS, BLOCK_M, BLOCK_D, HEAD_DIM, CAUSAL,
-                             DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, REL_BIAS)
-
-    dk = dk * softmax_scale
-    dk_base = DK + first_key * stride_dkn + h_kv.to(tl.int64) * stride_dkh
-    dv_base = DV + first_key * stride_dvn + h_kv.to(tl.int64) * stride_dvh
-    tl.store(dk_base + offs_n[:, None] * stride_dkn + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(dv_base + offs_n[:, None] * stride_dvn + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+        dq = _dq_dense(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, start_m, n_q, n_k,
+                       qk_scale, window_left, window_right, softcap_log2, alibi_slope, BIAS, DBIAS, BLOCK_M, BLOCK_N,
+                       BLOCK_D, HEAD_DIM, CAUSAL, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD)
+        dq = dq * softmax_scale
+        tl.store(DQ + first_row * stride_dqm + h.to(tl.int64) * stride_dqh + offs_m[:, None] * stride_dqm
+                 + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _varlen_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
+def _varlen_dkdv_kernel(Q, K, V, DO, LSE_ROWS, DELTA_ROWS, DQ, DK, DV, CU_Q, CU_K, CU_ROWS, Q_TAIL, DO_TAIL,
+                        stride_qm, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_dom, stride_doh,
+                        stride_dqm, stride_dqh, stride_dkn, stride_dkh, stride_dvn, stride_dvh,
+                        rows_stride, tail_b, tail_start, num_heads, num_kv_heads, group_size, qk_scale,
+                        softmax_scale, max_seqlen_q, seq_bucket,
+                        CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                        SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, DBIAS,
+                        WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,
+                        REL_BIAS_GRAD: tl.constexpr, LENGTHS_16: tl.constexpr = False):
+    """Grid (key blocks of the longest sequence, sequences * K/V heads)."""
+    _varlen_dkdv_program(tl.program_id(0), tl.program_id(1), Q, K, V, DO, LSE_ROWS, DELTA_ROWS, DK, DV, CU_Q, CU_K,
+                         CU_ROWS, Q_TAIL, DO_TAIL, stride_qm, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
+                         stride_dom, stride_doh, stride_dkn, stride_dkh, stride_dvn, stride_dvh, rows_stride, tail_b,
+                         tail_start, num_kv_heads, group_size, qk_scale, softmax_scale, CAUSAL, HEAD_DIM, BLOCK_D,
+                         BLOCK_M, BLOCK_N, DOT_PRECISION, SLOPES, stride_slopes_b, softcap_log2, BIAS, window_left,
+                         window_right, WINDOW, SOFTCAP, ALIBI, REL_BIAS, LENGTHS_16)
+
+
+@triton.jit
+def _varlen_dq_kernel(Q, K, V, DO, LSE_ROWS, DELTA_ROWS, DQ, DK, DV, CU_Q, CU_K, CU_ROWS, Q_TAIL, DO_TAIL,
                       stride_qm, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_dom, stride_doh,
-                      stride_dqm, stride_dqh,
-                      total_q, num_heads, group_size, qk_scale, softmax_scale, max_seqlen_q, seq_bucket,
+                      stride_dqm, stride_dqh, stride_dkn, stride_dkh, stride_dvn, stride_dvh,
+                      rows_stride, tail_b, tail_start, num_heads, num_kv_heads, group_size, qk_scale,
+                      softmax_scale, max_seqlen_q, seq_bucket,
                       CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
                       SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, DBIAS,
                       WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,
                       REL_BIAS_GRAD: tl.constexpr, LENGTHS_16: tl.constexpr = False):
+    """Grid (query blocks of the longest sequence, sequences * query heads); causal: longest first."""
+    pid_m = tl.program_id(0)
     if CAUSAL:
-        pid_m = tl.cdiv(max_seqlen_q, BLOCK_M) - 1 - tl.program_id(0)
-    else:
-        pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
-    q_start, n_q = _sequence(CU_Q, b, LENGTHS_16)
-    start_m = pid_m * BLOCK_M
-    if start_m >= n_q:
-        return
-    k_start, n_k = _sequence(CU_K, b, LENGTHS_16)
-    h_kv = h // group_size
+        pid_m = tl.cdiv(max_seqlen_q, BLOCK_M) - 1 - pid_m
+    _varlen_dq_program(pid_m, tl.program_id(1), Q, K, V, DO, LSE_ROWS, DELTA_ROWS, DQ, CU_Q, CU_K, CU_ROWS,
+                       stride_qm, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_dom, stride_doh,
+                       stride_dqm, stride_dqh, rows_stride, num_heads, group_size, qk_scale, softmax_scale, CAUSAL,
+                       HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, DOT_PRECISION, SLOPES, stride_slopes_b, softcap_log2,
+                       BIAS, window_left, window_right, DBIAS, WINDOW, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD,
+                       LENGTHS_16)
 
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    rows = start_m + offs_m
-    row_ok = rows < n_q
-    mask = row_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
-    first_row = (q_start + start_m).to(tl.int64)
-    q = tl.load(Q + first_row * stride_qm + h.to(tl.int64) * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
-                mask=mask, other=0.0)
-    do = tl.load(DO + first_row * stride_dom + h.to(tl.int64) * stride_doh + offs_m[:, None] * stride_dom
-                 + offs_d[None, :], mask=mask, other=0.0)
-    row_base = h.to(tl.int64) * total_q + q_start
-    lse = tl.load(LSE + row_base + rows, mask=row_ok, other=float("inf"))
-    delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
-    k_base = K + k_start.to(tl.int64) * stride_kn + h_kv.to(tl.int64) * stride_kh
-    v_base = V + k_start.to(tl.int64) * stride_vn + h_kv.to(tl.int64) * stride_vh
-    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    alibi_slope = 0.0
-    if ALIBI:
-        alibi_slope = tl.load(SLOPES + b * stride_slopes_b + h)
-    dq = _dq_dense(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, start_m, n_q, n_k, qk_scale,
-                   window_left, window_right, softcap_log2, alibi_slope, BIAS, DBIAS, BLOCK_M, BLOCK_N, BLOCK_D,
-                   HEAD_DIM, CAUSAL, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD)
-    dq = dq * softmax_scale
-    tl.store(DQ + first_row * stride_dqm + h.to(tl.int64) * stride_dqh + offs_m[:, None] * stride_dqm
-             + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=mask)
+@triton.jit
+def _varlen_bwd_fused_kernel(Q, K, V, DO, LSE_ROWS, DELTA_ROWS, DQ, DK, DV, CU_Q, CU_K, CU_ROWS, Q_TAIL, DO_TAIL,
+                             stride_qm, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_dom,
+                             stride_doh, stride_dqm, stride_dqh, stride_dkn, stride_dkh, stride_dvn, stride_dvh,
+                             rows_stride, tail_b, tail_start, num_heads, num_kv_heads, group_size, qk_scale,
+                             softmax_scale, max_seqlen_q, seq_bucket,
+                             CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                             BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr, BLOCK_M2: tl.constexpr,
+                             BLOCK_N2: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                             SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right,
+                             DBIAS, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
+                             REL_BIAS: tl.constexpr, REL_BIAS_GRAD: tl.constexpr, LENGTHS_16: tl.constexpr = False):
+    """The dense `_bwd_fused_kernel`'s schedule per sequence: program (j, b * Hkv + h_kv) computes dK, dV of key
+    block j of sequence b, then dQ of its query block j for every query head of the group (causal: the two
+    halves balance, see there)."""
+    j = tl.program_id(0)
+    pid_kv = tl.program_id(1)
+    _varlen_dkdv_program(j, pid_kv, Q, K, V, DO, LSE_ROWS, DELTA_ROWS, DK, DV, CU_Q, CU_K, CU_ROWS, Q_TAIL, DO_TAIL,
+                         stride_qm, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_dom, stride_doh,
+                         stride_dkn, stride_dkh, stride_dvn, stride_dvh, rows_stride, tail_b, tail_start,
+                         num_kv_heads, group_size, qk_scale, softmax_scale, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_M1,
+                         BLOCK_N1, DOT_PRECISION, SLOPES, stride_slopes_b, softcap_log2, BIAS, window_left,
+                         window_right, WINDOW, SOFTCAP, ALIBI, REL_BIAS, LENGTHS_16)
+    b = pid_kv // num_kv_heads
+    h_first = (pid_kv % num_kv_heads) * group_size
+    for g in range(0, group_size):
+        _varlen_dq_program(j, b * num_heads + h_first + g, Q, K, V, DO, LSE_ROWS, DELTA_ROWS, DQ, CU_Q, CU_K,
+                           CU_ROWS, stride_qm, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_dom,
+                           stride_doh, stride_dqm, stride_dqh, rows_stride, num_heads, group_size, qk_scale,
+                           softmax_scale, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_M2, BLOCK_N2, DOT_PRECISION, SLOPES,
+                           stride_slopes_b, softcap_log2, BIAS, window_left, window_right, DBIAS, WINDOW, SOFTCAP,
+                           ALIBI, REL_BIAS, REL_BIAS_GRAD, LENGTHS_16)
 
 
 def _autotuned(kernel, kind):
@@ -266,6 +389,7 @@ def _autotuned(kernel, kind):
 _fwd_autotuned = None if interpreting() else _autotuned(_varlen_fwd_kernel, "fwd")
 _dkdv_autotuned = None if interpreting() else _autotuned(_varlen_dkdv_kernel, "dkdv")
 _dq_autotuned = None if interpreting() else _autotuned(_varlen_dq_kernel, "dq")
+_fused_autotuned = None if interpreting() else _autotuned(_varlen_bwd_fused_kernel, "fused")
 
 
 def _launch(kernel, tuned, kind, grid_of, args, meta, head_dim, dtype):
@@ -299,10 +423,22 @@ def varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqle
     return o, lse
 
 
+def _padded_tail(x, start: int):
+    """Rows start.. of x (tokens, heads, head_dim), then 16 rows of zeros, in a new buffer with x's strides
+    (the kernel reads both with one set of strides)."""
+    shape = (x.shape[0] - start + 16, *x.shape[1:])
+    size = 1 + sum((n - 1) * st for n, st in zip(shape, x.stride()))
+    tail = x.new_zeros(size).as_strided(shape, x.stride())
+    tail[:x.shape[0] - start].copy_(x[start:])
+    return tail
+
+
 def varlen_bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int,
-               causal: bool, softmax_scale: float, mods: ScoreMods | None = None, lengths_16: bool = False):
-    """Gradients of varlen_fwd (lse is its log2-domain LSE; lengths_16 as there). Returns dq, dk, dv
-    (contiguous)."""
+               causal: bool, softmax_scale: float, mods: ScoreMods | None = None, lengths_16: bool = False,
+               q_tail: tuple[int, int] | None = None):
+    """Gradients of varlen_fwd (lse is its log2-domain LSE; lengths_16 as there; q_tail: `_check_cu_seqlens`'
+    (tail_b, first row of tail_b); None: every sequence reads from the tail copy, i.e. q and dO are copied
+    whole). Returns dq, dk, dv (contiguous)."""
     total_q, n_heads, head_dim = q.shape
     n_kv_heads = k.shape[1]
     batch = cu_seqlens_q.numel() - 1
@@ -310,33 +446,54 @@ def varlen_bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
     dk = torch.empty(k.shape, device=k.device, dtype=k.dtype)
     dv = torch.empty(v.shape, device=v.device, dtype=v.dtype)
     block_d = max(16, triton.next_power_of_2(head_dim))
-    delta = torch.empty_like(lse)
-    if total_q > 0:
-        # the dense preprocess kernel, seeing the packed tokens as one batch of total_q rows: it writes
-        # delta in the same (heads, total_q) layout as the LSE
+    # delta (and, unless every length is a multiple of 16, the LSE) in the backward's row layout:
+    # sequence b from row_start[b], padded to a multiple of 16 rows (`_varlen_dkdv_kernel` says why)
+    tail_b, tail_start = q_tail if q_tail is not None else (0, 0)
+    q_tail_rows, do_tail_rows = q, do  # placeholders unless a sequence overruns
+    if lengths_16:
+        row_start, rows_stride, lse_rows = cu_seqlens_q, total_q, lse
+    else:
+        if tail_b < batch:
+            # a broadcast (stride-0) view would make a buffer with its strides alias itself
+            q, do = (x if min(x.stride()) > 0 else x.contiguous() for x in (q, do))
+            q_tail_rows, do_tail_rows = _padded_tail(q, tail_start), _padded_tail(do, tail_start)
+        lengths = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
+        row_start = torch.zeros_like(cu_seqlens_q)
+        row_start[1:] = torch.cumsum((lengths + 15) // 16 * 16, 0)
+        rows_stride = (total_q + 15 * batch + 15) // 16 * 16  # >= the padded total: no device->host copy
+        lse_rows = torch.empty((n_heads, rows_stride), device=q.device, dtype=torch.float32)
+    delta_rows = torch.empty_like(lse_rows)
+    if total_q > 0 and max_seqlen_q > 0:
         pre_block = 64
-        _bwd_preprocess[(triton.cdiv(total_q, pre_block), n_heads)](
-            o, do, delta, 0, o.stride(0), o.stride(1), 0, do.stride(0), do.stride(1),
-            total_q, n_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block)
+        _varlen_preprocess[(triton.cdiv(max_seqlen_q, pre_block), batch * n_heads)](
+            o, do, lse, delta_rows, lse_rows, cu_seqlens_q, row_start, o.stride(0), o.stride(1), do.stride(0),
+            do.stride(1), total_q, rows_stride, n_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block,
+            LENGTHS_16=lengths_16)
     qk_scale = softmax_scale * LOG2E
     bucket = seq_bucket(max(max_seqlen_q, max_seqlen_k))
     meta = dict(CAUSAL=causal, HEAD_DIM=head_dim, BLOCK_D=block_d, DOT_PRECISION=dot_precision(q.dtype),
-                LENGTHS_16=lengths_16, **score_mod_kwargs(mods, q.device))
-    common = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-              do.stride(0), do.stride(1))
-    if k.shape[0] > 0 and max_seqlen_k > 0:
-        dkdv_args = (q, k, v, do, lse, delta, dk, dv, cu_seqlens_q, cu_seqlens_k, *common,
-                     dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-                     total_q, n_kv_heads, n_heads // n_kv_heads, qk_scale, softmax_scale, bucket)
+                LENGTHS_16=lengths_16, **score_mod_kwargs(mods, q.device, with_grad_args=True))
+    args = (q, k, v, do, lse_rows, delta_rows, dq, dk, dv, cu_seqlens_q, cu_seqlens_k, row_start, q_tail_rows,
+            do_tail_rows, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0),
+            do.stride(1), dq.stride(0), dq.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+            rows_stride, tail_b, tail_start, n_heads, n_kv_heads, n_heads // n_kv_heads, qk_scale, softmax_scale,
+            max_seqlen_q, bucket)
+    # the dense kernel's choice (HWATTN_BWD; auto: one launch when causal); no atomic-dQ schedule here
+    if backward_schedule(causal, None, mods) == "fused":
+        if max(max_seqlen_q, max_seqlen_k) > 0:
+            _launch(_varlen_bwd_fused_kernel, _fused_autotuned, "fused",
+                    lambda cfg: (max(triton.cdiv(max_seqlen_k, cfg["BLOCK_N1"]),
+                                     triton.cdiv(max_seqlen_q, cfg["BLOCK_M2"])), batch * n_kv_heads),
+                    args, meta, head_dim, q.dtype)
+        return dq, dk, dv
+    if max_seqlen_k > 0:
         _launch(_varlen_dkdv_kernel, _dkdv_autotuned, "dkdv",
-                lambda cfg: (triton.cdiv(max_seqlen_k, cfg["BLOCK_N"]), batch * n_kv_heads),
-                dkdv_args, meta, head_dim, q.dtype)
-    if total_q > 0 and max_seqlen_q > 0:
-        dq_args = (q, k, v, do, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, *common, dq.stride(0), dq.stride(1),
-                   total_q, n_heads, n_heads // n_kv_heads, qk_scale, softmax_scale, max_seqlen_q, bucket)
+                lambda cfg: (triton.cdiv(max_seqlen_k, cfg["BLOCK_N"]), batch * n_kv_heads), args, meta, head_dim,
+                q.dtype)
+    if max_seqlen_q > 0:
         _launch(_varlen_dq_kernel, _dq_autotuned, "dq",
-                lambda cfg: (triton.cdiv(max_seqlen_q, cfg["BLOCK_M"]), batch * n_heads),
-                dq_args, {**meta, **score_mod_kwargs(mods, q.device, with_grad_args=True)}, head_dim, q.dtype)
+                lambda cfg: (triton.cdiv(max_seqlen_q, cfg["BLOCK_M"]), batch * n_heads), args, meta, head_dim,
+                q.dtype)
     return dq, dk, dv
 
 
@@ -366,15 +523,15 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, s
 def _varlen_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
                    lse: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, max_seqlen_q: int,
                    max_seqlen_k: int, causal: bool, softmax_scale: float, alibi_slopes: Optional[torch.Tensor],
-                   softcap: float, window: list[int], lengths_16: bool
+                   softcap: float, window: list[int], lengths_16: bool, q_tail: list[int]
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return varlen_bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-                      softmax_scale, _mods(alibi_slopes, softcap, window), lengths_16)
+                      softmax_scale, _mods(alibi_slopes, softcap, window), lengths_16, tuple(q_tail))
 
 
 @_varlen_bwd_op.register_fake
 def _(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale,
-      alibi_slopes, softcap, window, lengths_16):
+      alibi_slopes, softcap, window, lengths_16, q_tail):
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             torch.empty_like(k, memory_format=torch.contiguous_format),
             torch.empty_like(v, memory_format=torch.contiguous_format))
@@ -383,13 +540,13 @@ def _(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
 class FlashAttentionVarlenFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale,
-                alibi_slopes=None, softcap=0.0, window=(), lengths_16=False):
+                alibi_slopes=None, softcap=0.0, window=(), lengths_16=False, q_tail=None):
         window = list(window)
         o, lse = _varlen_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
                                 softmax_scale, alibi_slopes, softcap, window, lengths_16)
         ctx.save_for_backward(q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, alibi_slopes)
         ctx.args = (max_seqlen_q, max_seqlen_k, causal, softmax_scale)
-        ctx.mods = (softcap, window, lengths_16)
+        ctx.mods = (softcap, window, lengths_16, list(q_tail or (cu_seqlens_q.numel() - 1, q.shape[0])))
         ctx.mark_non_differentiable(lse)
         return o, lse
 
@@ -398,10 +555,9 @@ class FlashAttentionVarlenFunction(torch.autograd.Function):
         q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, alibi_slopes = ctx.saved_tensors
         if do.stride(-1) != 1:
             do = do.contiguous()
-        softcap, window, lengths_16 = ctx.mods
         dq, dk, dv = _varlen_bwd_op(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, *ctx.args, alibi_slopes,
-                                    softcap, window, lengths_16)
-        return dq, dk, dv, None, None, None, None, None, None, None, None, None, None
+                                    *ctx.mods)
+        return dq, dk, dv, None, None, None, None, None, None, None, None, None, None, None
 
 
 _LAYOUT = "(total_tokens, heads, head_dim)"
@@ -416,9 +572,10 @@ def _check_max_seqlen(name: str, value, actual: int) -> int:
     return value
 
 
-def _check_cu_seqlens(q, k, cu_seqlens_q, cu_seqlens_k) -> tuple[int, int, bool]:
-    """Validates the offsets and returns the longest q and k sequence lengths and whether every length is a
-    multiple of 16 (one device->host copy)."""
+def _check_cu_seqlens(q, k, cu_seqlens_q, cu_seqlens_k) -> tuple[int, int, bool, tuple[int, int]]:
+    """Validates the offsets (one device->host copy) and returns the longest q and k sequence lengths, whether
+    every length is a multiple of 16, and (tail_b, its first row): the first sequence whose query rows padded
+    to a multiple of 16 would run past the end of q (batch, total_q if none; `_varlen_dkdv_kernel`)."""
     for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
         check_tensor(name, cu, 1, (torch.int32,), "(batch + 1,)")
         if cu.device != q.device:
@@ -447,8 +604,13 @@ def _check_cu_seqlens(q, k, cu_seqlens_q, cu_seqlens_k) -> tuple[int, int, bool]
             raise ValueError(f"{name} must end at the number of {tensor_name} tokens ({total}), got {int(cu[-1])}")
         longest.append(int(lengths.max()))
         lengths_16 = lengths_16 and bool((lengths % 16 == 0).all())
-    _checked.put(tensors, totals, (longest[0], longest[1], lengths_16))
-    return longest[0], longest[1], lengths_16
+        if tensor_name == "q":
+            overrun = torch.nonzero((cu[:-1] + (lengths + 15) // 16 * 16 > total) & (lengths > 0))
+            tail_b = int(overrun[0]) if overrun.numel() else lengths.numel()  # later non-empty ones overrun too
+            q_tail = (tail_b, int(cu[tail_b]))
+    result = (longest[0], longest[1], lengths_16, q_tail)
+    _checked.put(tensors, totals, result)
+    return result
 
 
 def flash_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
@@ -513,7 +675,7 @@ def flash_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
     n_kv_heads = k.shape[1]
     if n_heads < 1 or n_kv_heads < 1 or n_heads % n_kv_heads != 0:
         raise ValueError(f"q heads ({n_heads}) must be a positive multiple of k/v heads ({n_kv_heads}) (GQA/MQA)")
-    longest_q, longest_k, lengths_16 = _check_cu_seqlens(q, k, cu_seqlens_q, cu_seqlens_k)
+    longest_q, longest_k, lengths_16, q_tail = _check_cu_seqlens(q, k, cu_seqlens_q, cu_seqlens_k)
     max_seqlen_q = _check_max_seqlen("max_seqlen_q", max_seqlen_q, longest_q)
     max_seqlen_k = _check_max_seqlen("max_seqlen_k", max_seqlen_k, longest_k)
     mods = check_score_mods(alibi_slopes, softcap, None, batch=cu_seqlens_q.numel() - 1, n_heads=n_heads, n_q=None,
@@ -527,7 +689,7 @@ def flash_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     out, lse2 = FlashAttentionVarlenFunction.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                                    causal, softmax_scale, mods.alibi_slopes, mods.softcap,
-                                                   kernel_window or (), lengths_16)
+                                                   kernel_window or (), lengths_16, q_tail)
     if not return_lse:
         return out
     lse = torch.where(torch.isinf(lse2), torch.full_like(lse2, float("-inf")), lse2 * LN2)
