@@ -133,6 +133,7 @@ def test_computed_partial_blocks_equal_stored_tiles(name, n_q, n_k):
         bm = masks.create_block_mask(mask_mod, B, H, n_q, n_k, device=DEV, block_size=BLOCK,
                                      compute_partial=compute)
         assert bm.partial_kind == (2 if compute else 1)
+        bm.documents = None  # the block walk, also for masks that are packed documents
         out = hwattn.flash_attention(q, k, v, block_mask=bm)
         results.append((out, *torch.autograd.grad(out, (q, k, v), do)))
     for name_, computed, stored in zip(("out", "dq", "dk", "dv"), *results):
@@ -192,6 +193,81 @@ def test_which_masks_get_ranges():
     assert offset[4 * n - 10:].tolist() == [-1] * 10  # nor are the last 10 keys seen
     with pytest.raises(TypeError, match="compute_partial must be a bool"):
         masks.create_block_mask(masks.causal(), None, None, n, n, device=DEV, compute_partial="yes")
+
+
+def test_which_masks_are_packed_documents():
+    """Packed documents (each query sees exactly its own document, causally or all of it, the same in every
+    head) are recognised, with their boundaries per batch row; anything else is not."""
+    n = 64
+    docs = torch.repeat_interleave(torch.arange(3), torch.tensor([10, 30, 24]))[None].to(DEV)
+    build = lambda m, B=None, H=None, n_k=n: masks.create_block_mask(m, B, H, n, n_k, device=DEV, block_size=16)
+    found = build(masks.and_masks(masks.causal(), masks.document(docs))).documents
+    assert found.causal and found.starts == [[0, 10, 40, 64]]
+    found = build(masks.document(docs)).documents
+    assert not found.causal and found.starts == [[0, 10, 40, 64]]
+    assert build(masks.causal()).documents.starts == [[0, 64]] and not build(masks.full()).documents.causal
+    two = torch.cat([docs, torch.repeat_interleave(torch.arange(2), torch.tensor([33, 31]))[None].to(DEV)])
+    found = build(masks.and_masks(masks.causal(), masks.document(two)), B=2).documents
+    assert found.starts == [[0, 10, 40, 64], [0, 33, 64]]
+    cu, max_len, per_row = found.varlen_args(2, DEV)
+    assert cu.tolist() == [0, 10, 40, 64, 97, 128] and max_len == 33 and per_row == [3, 2]
+    assert build(masks.and_masks(masks.causal(), masks.document(docs))).documents.varlen_args(2, DEV)[0].tolist() \
+        == [0, 10, 40, 64, 74, 104, 128]
+    not_documents = [masks.and_masks(masks.causal(), masks.sliding_window(8)),
+                     masks.and_masks(masks.causal(), masks.document(docs), masks.sliding_window(20)),
+                     masks.prefix_lm(12), masks.sliding_window(3, 3), masks.causal(offset=-4),
+                     lambda b, h, q, kv: (kv <= q) & ((kv >= 32) | (q < 32) | (h == 0))]  # heads differ
+    for m in not_documents:
+        assert build(m, H=2).documents is None
+    assert build(masks.causal(offset=10), n_k=74).documents is None  # Nq != Nk
+    assert masks.create_block_mask(masks.causal(), None, None, n, n, device=DEV, block_size=16,
+                                   compute_partial=False).documents is None
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_packed_documents_run_on_varlen_kernels(causal, monkeypatch):
+    """A packed-documents mask runs on the varlen kernels (documents per batch row (causal) or a mask built once
+    for a batch of 2 (full), GQA, softcap, per-batch ALiBi, return_lse): against the float64 reference, and so
+    does the block walk of the same mask."""
+    torch.manual_seed(0)
+    n, H, H_kv, d = 70, 2, 1, 16
+    docs = torch.repeat_interleave(torch.arange(4), torch.tensor([17, 20, 1, 32]))[None].to(DEV)
+    two = torch.cat([docs, torch.repeat_interleave(torch.arange(2), torch.tensor([40, 30]))[None].to(DEV)])
+    slopes = torch.rand(2, H, device=DEV)
+    doc_ids, mask_b = (two, 2) if causal else (docs, None)
+    mask_mod = masks.document(doc_ids)
+    if causal:
+        mask_mod = masks.and_masks(masks.causal(), mask_mod)
+    bm = masks.create_block_mask(mask_mod, mask_b, None, n, n, device=DEV, block_size=BLOCK)
+    assert bm.documents is not None and bm.documents.causal == causal
+    q = torch.randn(2, n, H, d, device=DEV).to(torch.float16).requires_grad_()
+    k, v = (torch.randn(2, n, H_kv, d, device=DEV).to(torch.float16).requires_grad_() for _ in range(2))
+    do = torch.randn(2, n, H, d, device=DEV).to(torch.float16)
+    from hwattn.ops.flash import varlen
+    original, calls = varlen.flash_attention_varlen, []
+
+    def spy(*args, **kwargs):
+        calls.append(args[3].tolist())  # cu_seqlens_q
+        return original(*args, **kwargs)
+    monkeypatch.setattr(varlen, "flash_attention_varlen", spy)
+    results = []
+    for documents in (bm.documents, None):
+        bm.documents = documents
+        out, lse = hwattn.flash_attention(q, k, v, block_mask=bm, softcap=20.0, alibi_slopes=slopes,
+                                          return_lse=True)
+        results.append((out, lse, *torch.autograd.grad(out, (q, k, v), do)))
+    # the varlen kernels ran once, for the mask with documents, on one sequence per (batch row, document)
+    assert calls == [[0, 17, 37, 38, 70, 110, 140] if causal else [0, 17, 37, 38, 70, 87, 107, 108, 140]]
+    dense = _dense(mask_mod, 2, H, n, n)
+    x64 = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    bias = -slopes.double()[:, :, None, None] * (torch.arange(n)[:, None] - torch.arange(n)[None, :]).abs().to(DEV)
+    ref, ref_lse = reference(*x64, mask=dense, bias=bias, softcap=20.0, return_lse=True)
+    ref_grads = torch.autograd.grad(ref, x64, do.double())
+    for got in results:
+        assert_rel_close("out", got[0], ref, torch.float16)
+        assert_rel_close("lse", got[1], ref_lse, torch.float16, 1e-5)
+        for name_, g, r in zip(("dq", "dk", "dv"), got[2:], ref_grads):
+            assert_rel_close(name_, g, r, torch.float16)
 
 
 def test_block_structure_and_density():

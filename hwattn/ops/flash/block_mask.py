@@ -10,6 +10,11 @@ Where every query sees one contiguous range of keys and every key is seen by one
 (causal, sliding windows, documents of packed sequences, prefix-LM, and their intersections), the build
 records those ranges instead, and the kernels compute a partial block's element mask from them
 (`common.partial_keep`): two compares per score instead of a byte of stored tile.
+
+Where the ranges say the mask is packed documents (Nq = Nk, and each query sees exactly its own document,
+causally or all of it; a single document is plain causal or full attention), the build also records the
+document boundaries (`Documents`), and `flash_attention` runs such a mask on the varlen kernels, which tile
+every document from its first row: no block lists to walk and no partial blocks at document starts.
 """
 from __future__ import annotations
 
@@ -20,7 +25,34 @@ import torch
 from ..._checks import check_tensor
 from .common import PARTIAL_RANGES, PARTIAL_TILE
 
-__all__ = ["BlockMask", "create_block_mask"]
+__all__ = ["BlockMask", "Documents", "create_block_mask"]
+
+
+@dataclass
+class Documents:
+    """A block mask that is packed documents: row b of the mask holds documents [starts[b][j],
+    starts[b][j + 1]) (the last entry is N), queries and keys alike, each attending only within itself,
+    causally (key <= query) or fully."""
+    starts: list
+    causal: bool
+
+    def __post_init__(self):
+        self._varlen = {}
+
+    def varlen_args(self, batch: int, device):
+        """(cu_seqlens int32 on device, max_seqlen, documents per batch row) of the inputs' `batch` rows packed
+        as one varlen batch (a mask built once for all rows is repeated); cached per batch size and device."""
+        key = (batch, str(device))
+        if key not in self._varlen:
+            rows = self.starts if len(self.starts) == batch else self.starts * batch
+            n = rows[0][-1]
+            cu = [0]
+            for b, starts in enumerate(rows):
+                cu.extend(b * n + s for s in starts[1:])
+            lengths = [e - s for starts in rows for s, e in zip(starts[:-1], starts[1:])]
+            self._varlen[key] = (torch.tensor(cu, dtype=torch.int32, device=device), max(lengths),
+                                 [len(starts) - 1 for starts in rows])
+        return self._varlen[key]
 
 
 @dataclass
@@ -38,7 +70,9 @@ class BlockMask:
         key each query sees (Nq firsts, then Nq lasts), then the first and last query that sees each key
         (Nk, Nk); nothing visible is first 0, last -1;
     key_block_order / query_block_order: (Mk,) / (Mq,) int32 the key (query) blocks by decreasing number of
-        listed blocks, summed over the mask's batch and heads: the dK/dV (dQ) launch order, longest first.
+        listed blocks, summed over the mask's batch and heads: the dK/dV (dQ) launch order, longest first;
+    documents: `Documents` when the mask is packed documents (then `flash_attention` runs it on the varlen
+        kernels; set it to None to keep the block walk), else None.
     """
     seq_len_q: int
     seq_len_k: int
@@ -60,6 +94,7 @@ class BlockMask:
     partial_info: torch.Tensor | None = None
     key_block_order: torch.Tensor | None = None
     query_block_order: torch.Tensor | None = None
+    documents: Documents | None = None
 
     def __post_init__(self):
         if self.key_block_order is None:
@@ -220,12 +255,14 @@ def create_block_mask(mask_mod, B: int | None, H: int | None, seq_len_q: int, se
     q_full_num, q_full_idx = _sorted_lists(full.transpose(-1, -2))
     q_part_num, q_part_idx = _sorted_lists(part.transpose(-1, -2))
     tile_of32 = tile_of.clamp_min(0).to(torch.int32)
-    kind, info = PARTIAL_TILE.value, None
+    kind, info, documents = PARTIAL_TILE.value, None, None
     if ranges is not None and ranges.contiguous():
         kind, info = PARTIAL_RANGES.value, ranges.info(seq_len_q, seq_len_k)
+        documents = ranges.documents(seq_len_q, seq_len_k)
     return BlockMask(seq_len_q, seq_len_k, block_m, block_n, kv_full_num, kv_full_idx, kv_part_num, kv_part_idx,
                      tile_of32.contiguous(), q_full_num, q_full_idx, q_part_num, q_part_idx,
-                     tile_of32.transpose(-1, -2).contiguous(), tiles_t.contiguous(), mask_mod, kind, info)
+                     tile_of32.transpose(-1, -2).contiguous(), tiles_t.contiguous(), mask_mod, kind, info,
+                     documents=documents)
 
 
 class _Ranges:
@@ -263,6 +300,28 @@ class _Ranges:
     def contiguous(self) -> bool:
         k_ok = (self.k_count == 0) | (self.k_count == self.k_last - self.k_first + 1)
         return bool(self.q_ok.all()) and bool(k_ok.all())
+
+    def documents(self, n_q, n_k) -> Documents | None:
+        """`Documents` if the mask (already known to have ranges) is packed documents, the same for every
+        head: each query's first key is the first row of its document (a row either starts a document,
+        first key = itself, or continues the previous row's), and its last key is itself (causal) or its
+        document's last row (full)."""
+        if n_q != n_k:
+            return None
+        first, last = self.q_first[..., :n_q], self.q_last[..., :n_q]
+        if not (bool((first == first[:, :1]).all()) and bool((last == last[:, :1]).all())):
+            return None  # differs between heads
+        first, last = first[:, 0], last[:, 0]
+        row = torch.arange(n_q, device=first.device)
+        starts_doc = first == row
+        if not bool(starts_doc[:, 0].all() and (starts_doc[:, 1:] | (first[:, 1:] == first[:, :-1])).all()):
+            return None
+        starts = [torch.nonzero(s).flatten().tolist() + [n_q] for s in starts_doc.cpu()]
+        if bool((last == row).all()):
+            return Documents(starts, causal=True)
+        doc_last = torch.stack([torch.repeat_interleave(torch.tensor(s[1:]) - 1, torch.tensor(s[1:]) -
+                                                        torch.tensor(s[:-1])) for s in starts]).to(last.device)
+        return Documents(starts, causal=False) if bool((last == doc_last).all()) else None
 
     def info(self, n_q, n_k) -> torch.Tensor:
         k_first = torch.where(self.k_count > 0, self.k_first, 0)

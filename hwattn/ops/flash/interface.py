@@ -205,6 +205,10 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
         if block_mask.tiles.device != q.device:
             raise ValueError(f"block_mask is on {block_mask.tiles.device} but q is on {q.device}: build it with "
                              f"device=q.device")
+        if block_mask.documents is not None:
+            routed = _documents_on_varlen(q, k, v, block_mask.documents, softmax_scale, return_lse, mods)
+            if routed is not None:
+                return routed
         mask_tensors, mask_ints = block_mask.to_op_args()
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     out, lse2 = FlashAttentionFunction.apply(q, k, v, causal, softmax_scale, mask_tensors, mask_ints,
@@ -215,6 +219,29 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     # the kernels keep LSE in the log2 domain with +inf for empty rows (so recomputed P is 0); users get ln
     lse = torch.where(torch.isinf(lse2), torch.full_like(lse2, float("-inf")), lse2 * LN2)
     return out, lse
+
+
+def _documents_on_varlen(q, k, v, documents, softmax_scale, return_lse, mods):
+    """A packed-documents block mask (`block_mask.Documents`) run as a varlen batch: every (batch row, document)
+    is one sequence of `flash_attention_varlen`, on views of q, k, v (no copy). None (take the block walk)
+    where that cannot be a view (the batch and sequence dims do not merge) or a score mod has no varlen form
+    (a relative-position table)."""
+    from .varlen import flash_attention_varlen
+    B, n = q.shape[:2]
+    if mods.rel_bias is not None or any(x.shape[0] > 1 and x.stride(0) != n * x.stride(1) for x in (q, k, v)):
+        return None
+    cu, max_len, docs_per_row = documents.varlen_args(B, q.device)
+    slopes = mods.alibi_slopes
+    if slopes is not None and slopes.dim() == 2:  # (B, Hq): one row per document of each batch row
+        slopes = slopes.repeat_interleave(torch.tensor(docs_per_row, device=slopes.device), 0,
+                                          output_size=sum(docs_per_row))
+    out = flash_attention_varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu, cu, max_len, max_len,
+                                 causal=documents.causal, softmax_scale=softmax_scale, return_lse=return_lse,
+                                 alibi_slopes=slopes, softcap=mods.softcap or None)
+    if not return_lse:
+        return out.view(q.shape)
+    out, lse = out
+    return out.view(q.shape), lse.view(q.shape[2], B, n).transpose(0, 1).contiguous()
 
 
 def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask=None, dropout_p: float = 0.0,
