@@ -53,11 +53,12 @@ def main():
                 out.append((round(t / reps / 1e3, 4), e.key[:60]))
         return sorted(out, reverse=True)
 
-    def case(name, B, N, H, D, causal, mask_mod):
+    def case(name, B, N, H, D, causal, mask_mod, window=None):
+        """window: ours through the window argument (no block mask), Flex with mask_mod."""
         torch.manual_seed(0)
         q, k, v = (torch.randn(B, N, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-        bm = None if mask_mod is None else masks.create_block_mask(mask_mod, None, None, N, N, device="cuda")
-        call = lambda: hwattn.flash_attention(q, k, v, causal=causal and bm is None, block_mask=bm)
+        bm = None if mask_mod is None or window else masks.create_block_mask(mask_mod, None, None, N, N, device="cuda")
+        call = lambda: hwattn.flash_attention(q, k, v, causal=causal and bm is None, block_mask=bm, window=window)
         out = call()
         do = torch.randn_like(out)
         qh, kh, vh = (x.detach().transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
@@ -91,6 +92,9 @@ def main():
         for causal in (True, False):
             case("dense" + ("_causal" if causal else ""), 2, 8192, 16, 128, causal, None)
             case("dense" + ("_causal" if causal else ""), 8, 2048, 16, 128, causal, None)
+    if "window_arg" in a.cases:  # the window through flash_attention(window=) against the same mask in Flex
+        case("window_4096_arg", 1, 32768, 16, 128, True,
+             masks.and_masks(masks.causal(), masks.sliding_window(4096)), window=(4096, 0))
     if "masks" in a.cases:
         n = 32768
         case("window_4096_causal", 1, n, 16, 128, True, masks.and_masks(masks.causal(), masks.sliding_window(4096)))

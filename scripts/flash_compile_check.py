@@ -87,6 +87,8 @@ def enumerate_launches(root, plain_only=False, quick=False, dtype_names=None):
     saved = {}
     for module, (mod, names) in kernels.items():
         for name in names:
+            if not hasattr(mod, name):  # an older checkout (--against) without this kernel
+                continue
             saved[(mod, name)] = getattr(mod, name)
             setattr(mod, name, recorder(module, name, saved[(mod, name)]))
     skip = type("Skip", (), {"__getitem__": lambda self, g: (lambda *a, **k: None)})()
@@ -140,8 +142,9 @@ def enumerate_launches(root, plain_only=False, quick=False, dtype_names=None):
             bm = block_masks[masked - 1] if masked else None
             o, lse = forward.flash_fwd(q, k, v, causal, 0.1, bm, **extra)
             backward.flash_bwd(torch.empty_like(o), q, k, v, o, lse, causal, 0.1, bm, **extra)
-            if "atomic" in getattr(backward, "BACKWARD_SCHEDULES", ()):  # the opt-in atomic-dQ schedule too
-                os.environ["HWATTN_BWD"] = "atomic"
+            # every schedule HWATTN_BWD can pick, not only the default (the opt-in atomic-dQ one included)
+            for schedule in [s for s in getattr(backward, "BACKWARD_SCHEDULES", ()) if s != "auto"]:
+                os.environ["HWATTN_BWD"] = schedule
                 try:
                     backward.flash_bwd(torch.empty_like(o), q, k, v, o, lse, causal, 0.1, bm, **extra)
                 finally:

@@ -20,7 +20,7 @@ import triton.language as tl
 
 from ..._runtime import env_choice, interpreting
 from .common import (PARTIAL_TILE, LOG2E, accumulate_rel_bias_grad, kv_ranges, listed_block, mask_ranges,
-                     modded_scores, partial_keep, q_ranges, visible)
+                     modded_scores, partial_keep, q_ranges, two_runs, visible)
 from .block_mask import kernel_args, launch_order
 from .configs import autotune_enabled, autotuned, configs, fixed_config, launch_fixed
 from .forward import dot_precision, seq_bucket
@@ -71,7 +71,13 @@ def _dkdv_step(dk, dv, k, v, qt_ptrs, do_ptrs, lse_ptrs, delta_ptrs, rows, cols,
         qk_scale = 1.0
     pt = tl.math.exp2(qkt * qk_scale - lse[None, :])
     if MASKED:
-        keep = visible(rows[None, :], cols[:, None], n_q, n_k, CAUSAL, window_left, window_right, WINDOW)
+        if CAUSAL and not (WINDOW or ATOMIC_DQ):
+            # the causal bound alone: a key past n_k only feeds its own dK / dV row, never stored (its
+            # column of dS would reach dQ with ATOMIC_DQ). One compare per score, and ptxas spills 132 B
+            # in this kernel instead of 184 (sm_90, triton 3.6)
+            keep = rows[None, :] >= cols[:, None] - (n_k - n_q)
+        else:
+            keep = visible(rows[None, :], cols[:, None], n_q, n_k, CAUSAL, window_left, window_right, WINDOW)
         if PARTIAL_MASK:
             keep = keep & partial_keep(tile_ptrs, range_lo[:, None], range_hi[:, None], rows[None, :], cols[:, None],
                                        PARTIAL_MASK, True)
@@ -100,14 +106,18 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, 
                 window_left=0, window_right=0, softcap_log2=1.0, alibi_slope=0.0, rel_bias_row=None,
                 WINDOW: tl.constexpr = False, SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False,
                 REL_BIAS: tl.constexpr = False, dq_base=None, stride_dqm=0, softmax_scale=1.0,
-                ATOMIC_DQ: tl.constexpr = False):
-    """Accumulate one query head's contribution to dK, dV of a key block over query rows [lo, hi)."""
+                ATOMIC_DQ: tl.constexpr = False, lo2=0, hi2=0, TWO_RUNS: tl.constexpr = False):
+    """Accumulate one query head's contribution to dK, dV of a key block over query rows [lo, hi), and with
+    TWO_RUNS then over [lo2, hi2) in the same loop (`two_runs`)."""
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     qt_tile = offs_m[None, :] * stride_qm + offs_d[:, None]
     do_tile = offs_m[:, None] * stride_dom + offs_d[None, :]
     dq_tile = offs_m[:, None] * stride_dqm + offs_d[None, :]  # used with ATOMIC_DQ only
-    for start_m in range(lo, hi, BLOCK_M):
+    end, jump = two_runs(lo, hi, lo2, hi2, BLOCK_M, TWO_RUNS)
+    for start_m in range(lo, end, BLOCK_M):
+        if TWO_RUNS:
+            start_m = tl.where(start_m < jump, start_m, start_m - jump + lo2)
         start_m = tl.multiple_of(start_m, BLOCK_M)
         rows = start_m + offs_m
         dq_ptrs = None
@@ -180,17 +190,12 @@ def _dkdv_dense(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, 
                          window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
                          WINDOW, SOFTCAP, ALIBI, REL_BIAS, dq_base, stride_dqm,
                          softmax_scale, ATOMIC_DQ)
+    # the masked run(s): [lo, full_lo), and with a window also [full_hi, hi), as one loop
     dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom, cols, lo,
                          full_lo, n_q, n_k, qk_scale, BLOCK_M, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION,
                          window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
                          WINDOW, SOFTCAP, ALIBI, REL_BIAS, dq_base, stride_dqm,
-                         softmax_scale, ATOMIC_DQ)
-    if WINDOW:
-        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom, cols,
-                             full_hi, hi, n_q, n_k, qk_scale, BLOCK_M, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION,
-                             window_left, window_right, softcap_log2, alibi_slope, rel_bias_row,
-                             WINDOW, SOFTCAP, ALIBI, REL_BIAS, dq_base, stride_dqm,
-                             softmax_scale, ATOMIC_DQ)
+                         softmax_scale, ATOMIC_DQ, full_hi, hi, WINDOW)
     return dk, dv
 
 
@@ -368,12 +373,17 @@ def _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows,
               MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
               window_left=0, window_right=0, softcap_log2=1.0, alibi_slope=0.0, rel_bias_row=None, drel_bias_row=None,
               WINDOW: tl.constexpr = False, SOFTCAP: tl.constexpr = False, ALIBI: tl.constexpr = False,
-              REL_BIAS: tl.constexpr = False, REL_BIAS_GRAD: tl.constexpr = False):
+              REL_BIAS: tl.constexpr = False, REL_BIAS_GRAD: tl.constexpr = False, lo2=0, hi2=0,
+              TWO_RUNS: tl.constexpr = False):
+    """dQ over key blocks [lo, hi) (and with TWO_RUNS then [lo2, hi2), in the same loop: `two_runs`)."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     kt_tile = offs_n[None, :] * stride_kn + offs_d[:, None]
     vt_tile = offs_n[None, :] * stride_vn + offs_d[:, None]
-    for start_n in range(lo, hi, BLOCK_N):
+    end, jump = two_runs(lo, hi, lo2, hi2, BLOCK_N, TWO_RUNS)
+    for start_n in range(lo, end, BLOCK_N):
+        if TWO_RUNS:
+            start_n = tl.where(start_n < jump, start_n, start_n - jump + lo2)
         start_n = tl.multiple_of(start_n, BLOCK_N)
         dq = _dq_step(dq, q, do, lse, delta, k_base + start_n.to(tl.int64) * stride_kn + kt_tile,
                       v_base + start_n.to(tl.int64) * stride_vn + vt_tile, rows, start_n + offs_n, n_q, n_k,
@@ -426,15 +436,17 @@ def _dq_dense(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows,
     first (`forward._fwd_dense` says why). Shared by the dense and the varlen kernels."""
     lo, full_lo, full_hi, hi = kv_ranges(start_m, n_q, n_k, window_left, window_right, CAUSAL, WINDOW, BLOCK_M,
                                          BLOCK_N)
-    if WINDOW:  # without a window lo = full_lo = 0
+    # the masked run(s): [full_hi, hi), and with a window first [lo, full_lo) (without, lo = full_lo = 0), as one loop
+    if WINDOW:
         dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, lo, full_lo, n_q, n_k,
                        qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION,
                        window_left, window_right, softcap_log2, alibi_slope, rel_bias_row, drel_bias_row,
+                       WINDOW, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD, full_hi, hi, True)
+    else:
+        dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, full_hi, hi, n_q, n_k,
+                       qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION,
+                       window_left, window_right, softcap_log2, alibi_slope, rel_bias_row, drel_bias_row,
                        WINDOW, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD)
-    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, full_hi, hi, n_q, n_k,
-                   qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION,
-                   window_left, window_right, softcap_log2, alibi_slope, rel_bias_row, drel_bias_row,
-                   WINDOW, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD)
     dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, full_lo, full_hi, n_q, n_k,
                    qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION,
                    window_left, window_right, softcap_log2, alibi_slope, rel_bias_row, drel_bias_row,

@@ -109,6 +109,20 @@ def q_ranges(start_n, n_q, n_k, window_left, window_right, CAUSAL: tl.constexpr,
 
 
 @triton.jit
+def two_runs(lo, hi, lo2, hi2, BLOCK: tl.constexpr, TWO_RUNS: tl.constexpr):
+    """(end, jump) for one loop `for start in range(lo, end, BLOCK)` over the blocks of [lo, hi) and then, with
+    TWO_RUNS, of [lo2, hi2): a start at or past `jump` maps to start - jump + lo2. A window's two masked runs
+    (its diagonal end and its far edge) as two loops cost two pipeline ramps; one loop measured 1.3% (dK/dV)
+    and 2.4% (dQ) faster (H200, 2026-12-02). Without TWO_RUNS, end = hi: the plain loop."""
+    end = hi
+    jump = hi
+    if TWO_RUNS:
+        jump = lo + tl.cdiv(hi - lo, BLOCK) * BLOCK
+        end = jump + tl.cdiv(hi2 - lo2, BLOCK) * BLOCK
+    return end, jump
+
+
+@triton.jit
 def visible(rows, cols, n_q, n_k, CAUSAL: tl.constexpr, window_left=0, window_right=0, WINDOW: tl.constexpr = False):
     """Element mask of a score tile: key in range and, if causal, not in the future; with WINDOW, inside
     the window. `rows` and `cols` come shaped for broadcasting ([M, 1] x [1, N], or [1, M] x [N, 1] for a
