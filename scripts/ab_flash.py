@@ -61,16 +61,19 @@ def main():
         return child(args.child, shapes, args.autotune)
     os.makedirs(args.out, exist_ok=True)
     results = {}
-    for root in args.roots.split(","):
+    roots = args.roots.split(",")
+    for i, root in enumerate(roots):
+        # a root listed twice (A,B,A,B: rounds, to see the run-to-run spread) keeps every round
+        label = root if roots.count(root) == 1 else f"{root} #{roots[:i + 1].count(root)}"
         cmd = [sys.executable, os.path.abspath(__file__), "--child", root, "--roots", root, "--n", args.n, "--d", args.d,
                "--causal", args.causal] + (["--autotune"] if args.autotune else [])
         r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=""))
         line = [x for x in r.stdout.splitlines() if x.startswith("ROWS ")]
         if r.returncode != 0 or not line:
-            print(f"{root}: failed (rc {r.returncode})\n{r.stderr[-3000:]}", flush=True)
+            print(f"{label}: failed (rc {r.returncode})\n{r.stderr[-3000:]}", flush=True)
             continue
-        results[root] = json.loads(line[0][5:])
-        print(f"{root}: done", flush=True)
+        results[label] = json.loads(line[0][5:])
+        print(f"{label}: done", flush=True)
     if not results:
         return 1
     base = next(iter(results.values()))
