@@ -209,8 +209,8 @@ def test_which_masks_are_packed_documents():
     two = torch.cat([docs, torch.repeat_interleave(torch.arange(2), torch.tensor([33, 31]))[None].to(DEV)])
     found = build(masks.and_masks(masks.causal(), masks.document(two)), B=2).documents
     assert found.starts == [[0, 10, 40, 64], [0, 33, 64]]
-    cu, max_len, per_row = found.varlen_args(2, DEV)
-    assert cu.tolist() == [0, 10, 40, 64, 97, 128] and max_len == 33 and per_row == [3, 2]
+    cu, max_len, doc_batch = found.varlen_args(2, DEV)
+    assert cu.tolist() == [0, 10, 40, 64, 97, 128] and max_len == 33 and doc_batch.tolist() == [0, 0, 0, 1, 1]
     assert build(masks.and_masks(masks.causal(), masks.document(docs))).documents.varlen_args(2, DEV)[0].tolist() \
         == [0, 10, 40, 64, 74, 104, 128]
     not_documents = [masks.and_masks(masks.causal(), masks.sliding_window(8)),

@@ -436,17 +436,15 @@ def _dq_dense(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows,
     first (`forward._fwd_dense` says why). Shared by the dense and the varlen kernels."""
     lo, full_lo, full_hi, hi = kv_ranges(start_m, n_q, n_k, window_left, window_right, CAUSAL, WINDOW, BLOCK_M,
                                          BLOCK_N)
-    # the masked run(s): [full_hi, hi), and with a window first [lo, full_lo) (without, lo = full_lo = 0), as one loop
+    # the masked run(s) as one loop: [full_hi, hi), and with a window [lo, full_lo) before it (without a window
+    # that run is empty: lo = full_lo = 0)
+    masked_lo, masked_hi = full_hi, hi
     if WINDOW:
-        dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, lo, full_lo, n_q, n_k,
-                       qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION,
-                       window_left, window_right, softcap_log2, alibi_slope, rel_bias_row, drel_bias_row,
-                       WINDOW, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD, full_hi, hi, True)
-    else:
-        dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, full_hi, hi, n_q, n_k,
-                       qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION,
-                       window_left, window_right, softcap_log2, alibi_slope, rel_bias_row, drel_bias_row,
-                       WINDOW, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD)
+        masked_lo, masked_hi = lo, full_lo
+    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, masked_lo, masked_hi, n_q, n_k,
+                   qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, True, CAUSAL, DOT_PRECISION,
+                   window_left, window_right, softcap_log2, alibi_slope, rel_bias_row, drel_bias_row,
+                   WINDOW, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD, full_hi, hi, WINDOW)
     dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows, full_lo, full_hi, n_q, n_k,
                    qk_scale, BLOCK_N, BLOCK_D, HEAD_DIM, False, CAUSAL, DOT_PRECISION,
                    window_left, window_right, softcap_log2, alibi_slope, rel_bias_row, drel_bias_row,

@@ -40,18 +40,20 @@ class Documents:
         self._varlen = {}
 
     def varlen_args(self, batch: int, device):
-        """(cu_seqlens int32 on device, max_seqlen, documents per batch row) of the inputs' `batch` rows packed
-        as one varlen batch (a mask built once for all rows is repeated); cached per batch size and device."""
+        """(cu_seqlens int32, max_seqlen, the batch row of each document int64) of the inputs' `batch` rows
+        packed as one varlen batch (a mask built once for all rows is repeated); on device, cached per batch
+        size and device, so a call copies nothing to the device."""
         key = (batch, str(device))
         if key not in self._varlen:
             rows = self.starts if len(self.starts) == batch else self.starts * batch
             n = rows[0][-1]
-            cu = [0]
+            cu, doc_batch = [0], []
             for b, starts in enumerate(rows):
                 cu.extend(b * n + s for s in starts[1:])
+                doc_batch.extend([b] * (len(starts) - 1))
             lengths = [e - s for starts in rows for s, e in zip(starts[:-1], starts[1:])]
             self._varlen[key] = (torch.tensor(cu, dtype=torch.int32, device=device), max(lengths),
-                                 [len(starts) - 1 for starts in rows])
+                                 torch.tensor(doc_batch, dtype=torch.int64, device=device))
         return self._varlen[key]
 
 

@@ -230,11 +230,10 @@ def _documents_on_varlen(q, k, v, documents, softmax_scale, return_lse, mods):
     B, n = q.shape[:2]
     if mods.rel_bias is not None or any(x.shape[0] > 1 and x.stride(0) != n * x.stride(1) for x in (q, k, v)):
         return None
-    cu, max_len, docs_per_row = documents.varlen_args(B, q.device)
+    cu, max_len, doc_batch = documents.varlen_args(B, q.device)
     slopes = mods.alibi_slopes
-    if slopes is not None and slopes.dim() == 2:  # (B, Hq): one row per document of each batch row
-        slopes = slopes.repeat_interleave(torch.tensor(docs_per_row, device=slopes.device), 0,
-                                          output_size=sum(docs_per_row))
+    if slopes is not None and slopes.dim() == 2:  # (B, Hq): one row per document, its batch row's
+        slopes = slopes[doc_batch]
     out = flash_attention_varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu, cu, max_len, max_len,
                                  causal=documents.causal, softmax_scale=softmax_scale, return_lse=return_lse,
                                  alibi_slopes=slopes, softcap=mods.softcap or None)
