@@ -6,6 +6,9 @@ changed (same GPU, same run, same launch configs).
 
     python3 scripts/ab_flash.py --roots .snap_old,. --out $OUT [--autotune] [--n 4096,16384] [--d 128]
 
+A root may carry environment settings for its run after a colon, e.g. `.:HWATTN_BWD=fused` (several: commas
+inside are not allowed, use `;`: `.:HWATTN_BWD=fused;HWATTN_FWD_SCHEDULE=persistent`).
+
 Fixed launch configs by default (HWATTN_AUTOTUNE=0: `configs._DEFAULT`), so a change is not confounded with
 the autotuner's choice; --autotune times what users get. FLOPs: forward 4 B H N^2 D (half causal), backward
 2.5x. bf16, B*N = 16384 tokens, H*D = 2048, random inputs, triton.testing.do_bench medians.
@@ -65,9 +68,12 @@ def main():
     for i, root in enumerate(roots):
         # a root listed twice (A,B,A,B: rounds, to see the run-to-run spread) keeps every round
         label = root if roots.count(root) == 1 else f"{root} #{roots[:i + 1].count(root)}"
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", root, "--roots", root, "--n", args.n, "--d", args.d,
-               "--causal", args.causal] + (["--autotune"] if args.autotune else [])
-        r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=""))
+        path, _, settings = root.partition(":")
+        env = dict(os.environ, PYTHONPATH="")
+        env.update(kv.split("=", 1) for kv in settings.split(";") if kv)
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", path, "--roots", path, "--n", args.n,
+               "--d", args.d, "--causal", args.causal] + (["--autotune"] if args.autotune else [])
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
         line = [x for x in r.stdout.splitlines() if x.startswith("ROWS ")]
         if r.returncode != 0 or not line:
             print(f"{label}: failed (rc {r.returncode})\n{r.stderr[-3000:]}", flush=True)

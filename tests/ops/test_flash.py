@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 import hwattn
-from hwattn.reference import attention as reference
+from hwattn.reference import attention as reference, window_mask
 from hwattn.testing import TOLERANCE, assert_rel_close, rel_err
 
 # (n_q, n_k): equal lengths over {1, 17, 64, 100, 257}, and unequal ones both ways
@@ -310,6 +310,37 @@ def test_atomic_backward_falls_back_where_it_must(monkeypatch):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("case", ["full", "causal_nq_gt_nk", "causal_nq_lt_nk", "window_mods", "block_mask",
+                                  "many_rows"])
+def test_fused_backward_every_job(monkeypatch, case):
+    """HWATTN_BWD=fused: one launch whose programs are single dK/dV or dQ jobs in `fused_job`'s order (pairs
+    interleaved, head rows in groups, a partial group first; the interpreter's 8 SMs make groups of a few
+    rows). Against float64, and bit-equal to the split backward (the interpreter runs both with the same
+    tiles), so every job ran exactly once; causal also with the query blocks reversed and Nq != Nk."""
+    from hwattn import masks
+    shapes = {"full": (2, 70, 70, 2, 2, False), "causal_nq_gt_nk": (2, 90, 41, 2, 1, True),
+              "causal_nq_lt_nk": (1, 33, 100, 2, 2, True), "window_mods": (1, 90, 75, 2, 2, True),
+              "block_mask": (2, 96, 80, 2, 2, False), "many_rows": (5, 20, 40, 3, 1, True)}
+    B, n_q, n_k, h_kv, group, causal = shapes[case]
+    q, k, v = _inputs(B, n_q, n_k, h_kv, group, 32, torch.float32)
+    kw = dict(causal=causal)
+    if case == "window_mods":
+        kw.update(window=(20, 0), alibi_slopes=torch.rand(4) * 0.3, softcap=3.0)
+    if case == "block_mask":
+        # 64-row mask blocks: two 32-row kernel blocks each (`_in_launch_order`), per-head patterns
+        kw = dict(block_mask=masks.create_block_mask(
+            lambda b, h, qi, ki: (ki <= qi + 7 * h) & (ki >= qi - 40 + 9 * b), B, h_kv * group, n_q, n_k,
+            device="cpu", block_size=64))
+    monkeypatch.setenv("HWATTN_BWD", "split")
+    want = _grads(q, k, v, **kw)
+    monkeypatch.setenv("HWATTN_BWD", "fused")
+    got = _grads(q, k, v, **kw)
+    for name, a, b in zip(("dq", "dk", "dv"), got, want):
+        assert torch.equal(a, b), name
+    if case in ("full", "causal_nq_gt_nk", "causal_nq_lt_nk", "many_rows"):
+        _check_against_reference(q, k, v, causal)
+
+
 def test_bad_backward_schedule_is_refused(monkeypatch):
     monkeypatch.setenv("HWATTN_BWD", "atomics")
     q, k, v = _inputs(1, 8, 8, 1, 1, 16, torch.float32)
@@ -390,3 +421,38 @@ def test_gpu_atomic_backward_bf16(monkeypatch, d, causal, n_q, n_k):
     q, k, v = (x.cuda() for x in _inputs(2, n_q, n_k, 2, 2, d, torch.bfloat16))
     q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
     _check_against_reference(q, k, v, causal)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("schedule", ["fused", "split"])
+@pytest.mark.parametrize("case", ["full", "causal", "causal_nq_gt_nk", "window", "block_mask"])
+def test_gpu_backward_schedules_bf16(monkeypatch, schedule, case):
+    """Both backward launch shapes at the GPU's real tiles (the CPU tests run interpreter tiles), bf16 against
+    float64: dense, causal with Nq != Nk, a window, and a block mask with per-head patterns."""
+    from hwattn import masks
+    monkeypatch.setenv("HWATTN_BWD", schedule)
+    torch.manual_seed(2)
+    n_q, n_k = {"causal_nq_gt_nk": (3000, 1111), "block_mask": (1500, 1300)}.get(case, (2000, 2000))
+    q, k, v = (x.cuda().detach().requires_grad_() for x in _inputs(3, n_q, n_k, 2, 2, 128, torch.bfloat16))
+    kw = dict(causal=case.startswith("causal") or case == "window")
+    if case == "window":
+        kw["window"] = (300, 0)
+    if case == "block_mask":
+        mod = lambda b, h, qi, ki: (ki <= qi + 100 * h) & (ki >= qi - 600 + 150 * b)
+        kw = dict(block_mask=masks.create_block_mask(mod, 3, 4, n_q, n_k, device="cuda"))
+        dense = torch.stack([torch.stack([mod(b, h, torch.arange(n_q)[:, None], torch.arange(n_k)[None, :])
+                                          for h in range(4)]) for b in range(3)]).cuda()
+    out = hwattn.flash_attention(q, k, v, **kw)
+    do = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    if case == "block_mask":
+        ref = reference(q64, k64, v64, mask=dense)
+    else:
+        win = kw.get("window")
+        ref = reference(q64, k64, v64, causal=kw["causal"],
+                        mask=None if win is None else window_mask(n_q, n_k, win[0], 0, device="cuda"))
+    ref_grads = torch.autograd.grad(ref, (q64, k64, v64), do.double())
+    assert_rel_close("out", out, ref, torch.bfloat16)
+    for name, got, want in zip(("dq", "dk", "dv"), grads, ref_grads):
+        assert_rel_close(name, got, want, torch.bfloat16)
