@@ -28,20 +28,6 @@ def check_kernel_device(fn_name: str, *tensors: torch.Tensor) -> None:
                      "TRITON_INTERPRET=1)")
 
 
-_SM_COUNT: dict = {}
-
-
-def sm_count(device: torch.device) -> int:
-    """The GPU's streaming multiprocessors (cached per device); under the interpreter a small number that
-    still exercises the code paths that depend on it (decode's KV split, the backward's job groups)."""
-    if device.type != "cuda":
-        return 8
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SM_COUNT:
-        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _SM_COUNT[idx]
-
-
 def env_choice(name: str, choices: tuple[str, ...]) -> str:
     """The environment variable `name`: one of `choices`, the first when unset; anything else is refused."""
     value = os.environ.get(name, choices[0])

@@ -402,7 +402,7 @@ def time_decode(rows, split_rows, lengths, copy_gbps, errors):
         res = {}
         with torch.no_grad():
             res["hwattn"] = try_bench("hwattn", lambda: dec.flash_decode(q, k, v, full), errors)
-            splits = dec.choose_num_splits(B * Hkv, L, dec.sm_count(q.device))
+            splits = dec.choose_num_splits(B * Hkv, L, dec._sm_count(q.device))
             res["hwattn kernels only"] = try_bench(
                 "hwattn kernels", lambda: dec.decode_fwd(q, k, v, full, True, D ** -0.5, splits), errors)
             qs, ks, vs = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -462,7 +462,7 @@ def time_decode(rows, split_rows, lengths, copy_gbps, errors):
             if SWEEP and time_left() > 20:
                 # num_splits x launch config, kernels only: which split count fills the GPU best per config,
                 # full caches over SWEEP_SPLITS, random lengths around the heuristic's count for unequal lengths
-                r_splits = dec.choose_num_splits(B * Hkv, L, dec.sm_count(q.device), equal_lengths=False)
+                r_splits = dec.choose_num_splits(B * Hkv, L, dec._sm_count(q.device), equal_lengths=False)
                 for lens_of, tag, counts, heuristic, nbytes in (
                         (full, "full", SWEEP_SPLITS, splits, kv_bytes),
                         (lens_dev, "random", sorted({2, 4, 8, max(1, r_splits // 2), r_splits, min(256, 2 * r_splits)}),

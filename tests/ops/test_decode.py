@@ -154,7 +154,7 @@ def test_default_num_splits_follows_the_cache_lengths(monkeypatch):
     real = dec.decode_fwd
     monkeypatch.setattr(dec, "decode_fwd", lambda *a, **kw: seen.append(a[6]) or real(*a, **kw))
     q, k, v = _inputs(2, 1, 1, 2, 16, torch.float32, max_len=4096)
-    sms = dec.sm_count(q.device)
+    sms = dec._sm_count(q.device)
     equal = torch.tensor([4096, 4096], dtype=torch.int32)
     unequal = torch.tensor([4096, 2000], dtype=torch.int32)
     for lens in (equal, unequal, unequal):  # the third call reuses the remembered host check

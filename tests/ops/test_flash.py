@@ -313,10 +313,10 @@ def test_atomic_backward_falls_back_where_it_must(monkeypatch):
 @pytest.mark.parametrize("case", ["full", "causal_nq_gt_nk", "causal_nq_lt_nk", "window_mods", "block_mask",
                                   "many_rows"])
 def test_fused_backward_every_job(monkeypatch, case):
-    """HWATTN_BWD=fused: one launch whose programs are single dK/dV or dQ jobs in `fused_job`'s order (pairs
-    interleaved, head rows in groups, a partial group first; the interpreter's 8 SMs make groups of a few
-    rows). Against float64, and bit-equal to the split backward (the interpreter runs both with the same
-    tiles), so every job ran exactly once; causal also with the query blocks reversed and Nq != Nk."""
+    """HWATTN_BWD=fused, off by default where there is no causal mask: one launch, program j computes key block
+    j's dK/dV and then query block j's dQ, dense (Nq != Nk both ways, GQA, several batch and head rows), with a
+    window and score mods, and under a block mask (per-head patterns, mask blocks of two kernel blocks).
+    Bit-equal to the split backward (the interpreter runs both with the same tiles), and against float64."""
     from hwattn import masks
     shapes = {"full": (2, 70, 70, 2, 2, False), "causal_nq_gt_nk": (2, 90, 41, 2, 1, True),
               "causal_nq_lt_nk": (1, 33, 100, 2, 2, True), "window_mods": (1, 90, 75, 2, 2, True),

@@ -18,9 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..._runtime import env_choice, interpreting, sm_count
-from .common import (PARTIAL_TILE, LOG2E, accumulate_rel_bias_grad, fused_job, kv_ranges, listed_block,
-                     mask_ranges, modded_scores, partial_keep, q_ranges, two_runs, visible)
+from ..._runtime import env_choice, interpreting
+from .common import (PARTIAL_TILE, LOG2E, accumulate_rel_bias_grad, kv_ranges, listed_block, mask_ranges,
+                     modded_scores, partial_keep, q_ranges, two_runs, visible)
 from .block_mask import kernel_args, launch_order
 from .configs import autotune_enabled, autotuned, configs, fixed_config, launch_fixed
 from .forward import dot_precision, seq_bucket
@@ -560,11 +560,10 @@ def _bwd_fused_kernel(Q, K, V, DO, LSE, DELTA, DQ, DK, DV,
                       stride_dqb, stride_dqm, stride_dqh,
                       stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh,
                       n_q, n_k, num_heads, num_kv_heads, group_size, qk_scale, softmax_scale, seq_bucket,
-                      batch, num_sms,
                       KFULL_NUM, KFULL_IDX, KPART_NUM, KPART_IDX, KPART_TILE, KTILES, kmask_b, kmask_h, kn_mask_cols,
                       kn_mask_rows,
                       FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_rows,
-                      n_mask_cols, KEY_ORDER, QUERY_ORDER,
+                      n_mask_cols,
                       CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                       BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr, BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr,
                       DOT_PRECISION: tl.constexpr,
@@ -573,48 +572,34 @@ def _bwd_fused_kernel(Q, K, V, DO, LSE, DELTA, DQ, DK, DV,
                       SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, DBIAS,
                       WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,
                       REL_BIAS_GRAD: tl.constexpr):
-    """The whole backward in one launch (grid: `fused_job`): a program computes either dK, dV of one key
-    block of K/V head b * Hkv + h_kv, or dQ of one query block for every query head of that group. One ramp
-    and one tail instead of two launches'. Jobs longest first: with causal masking the t-th dK/dV job is key
-    block t (it sees the most queries), the t-th dQ job the t-th query block from the end; under a block mask
-    each kind takes its mask blocks in launch order (`_in_launch_order`)."""
-    n_rows = batch * num_kv_heads
-    t, is_dq, pid_kv = fused_job(tl.program_id(0), tl.num_programs(0) // (2 * n_rows), n_rows, num_sms)
-    if not is_dq:
-        j = t
-        listed = t < tl.cdiv(n_k, BLOCK_N1)
-        if HAS_MASK:
-            listed = t < tl.cdiv(n_k, MASK_BLOCK_N) * (MASK_BLOCK_N // BLOCK_N1)
-            j = _in_launch_order(tl.where(listed, t, 0), KEY_ORDER, MASK_BLOCK_N // BLOCK_N1)
-        if listed & (j * BLOCK_N1 < n_k):
-            _dkdv_program(j, pid_kv, Q, K, V, DO, LSE, DELTA, DK, DV, stride_qb, stride_qm, stride_qh, stride_kb,
-                          stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_dob, stride_dom, stride_doh,
-                          stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh, n_q, n_k, num_heads,
-                          num_kv_heads, group_size, qk_scale, softmax_scale, seq_bucket, KFULL_NUM, KFULL_IDX,
-                          KPART_NUM, KPART_IDX, KPART_TILE, KTILES, kmask_b, kmask_h, kn_mask_cols, kn_mask_rows,
-                          CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_M1, BLOCK_N1, DOT_PRECISION, HAS_MASK, MASK_BLOCK_M,
-                          MASK_BLOCK_N, PARTIAL_KIND, SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h,
-                          window_left, window_right, WINDOW, SOFTCAP, ALIBI, REL_BIAS)
-    else:
-        j = t
-        listed = t < tl.cdiv(n_q, BLOCK_M2)
-        if HAS_MASK:
-            listed = t < tl.cdiv(n_q, MASK_BLOCK_M) * (MASK_BLOCK_M // BLOCK_M2)
-            j = _in_launch_order(tl.where(listed, t, 0), QUERY_ORDER, MASK_BLOCK_M // BLOCK_M2)
-        elif CAUSAL and not WINDOW:
-            j = tl.cdiv(n_q, BLOCK_M2) - 1 - t  # the last query blocks see the most keys
-        if listed & (j * BLOCK_M2 < n_q):
-            b = pid_kv // num_kv_heads
-            h_first = (pid_kv % num_kv_heads) * group_size
-            for g in range(0, group_size):
-                _dq_program(j, b * num_heads + h_first + g, Q, K, V, DO, LSE, DELTA, DQ, stride_qb, stride_qm,
-                            stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_dob,
-                            stride_dom, stride_doh, stride_dqb, stride_dqm, stride_dqh, n_q, n_k, num_heads,
-                            group_size, qk_scale, softmax_scale, seq_bucket, FULL_NUM, FULL_IDX, PART_NUM, PART_IDX,
-                            PART_TILE, TILES, mask_b, mask_h, n_mask_rows, n_mask_cols, CAUSAL, HEAD_DIM, BLOCK_D,
-                            BLOCK_M2, BLOCK_N2, DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N, PARTIAL_KIND,
-                            SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right,
-                            DBIAS, WINDOW, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD)
+    """The whole backward in one launch: program (j, b * Hkv + h_kv) computes dK, dV of key block j and then
+    dQ of query block j for every query head of the group. One ramp and one tail instead of two, and with
+    causal masking the two halves balance: key block j's dK/dV visit the query blocks after the diagonal,
+    query block j's dQ the key blocks before it, so (with BLOCK_N1 == BLOCK_M2) every program does the same
+    work and no longest-first ordering is needed."""
+    j = tl.program_id(0)
+    pid_kv = tl.program_id(1)
+    if j * BLOCK_N1 < n_k:
+        _dkdv_program(j, pid_kv, Q, K, V, DO, LSE, DELTA, DK, DV, stride_qb, stride_qm, stride_qh, stride_kb,
+                      stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_dob, stride_dom, stride_doh,
+                      stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh, n_q, n_k, num_heads,
+                      num_kv_heads, group_size, qk_scale, softmax_scale, seq_bucket, KFULL_NUM, KFULL_IDX, KPART_NUM,
+                      KPART_IDX, KPART_TILE, KTILES, kmask_b, kmask_h, kn_mask_cols, kn_mask_rows, CAUSAL, HEAD_DIM,
+                      BLOCK_D, BLOCK_M1, BLOCK_N1, DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N, PARTIAL_KIND,
+                      SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, WINDOW,
+                      SOFTCAP, ALIBI, REL_BIAS)
+    if j * BLOCK_M2 < n_q:
+        b = pid_kv // num_kv_heads
+        h_first = (pid_kv % num_kv_heads) * group_size
+        for g in range(0, group_size):
+            _dq_program(j, b * num_heads + h_first + g, Q, K, V, DO, LSE, DELTA, DQ, stride_qb, stride_qm,
+                        stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_dob,
+                        stride_dom, stride_doh, stride_dqb, stride_dqm, stride_dqh, n_q, n_k, num_heads, group_size,
+                        qk_scale, softmax_scale, seq_bucket, FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_TILE, TILES,
+                        mask_b, mask_h, n_mask_rows, n_mask_cols, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_M2, BLOCK_N2,
+                        DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N, PARTIAL_KIND, SLOPES, stride_slopes_b,
+                        softcap_log2, BIAS, stride_bias_h, window_left, window_right, DBIAS, WINDOW, SOFTCAP, ALIBI,
+                        REL_BIAS, REL_BIAS_GRAD)
 
 
 _dkdv_autotuned = None if interpreting() else autotuned(_bwd_dkdv_kernel, lambda: configs("dkdv"))
@@ -629,7 +614,7 @@ BACKWARD_SCHEDULES = ("auto", "fused", "split", "atomic")
 
 def backward_schedule(causal: bool, block_mask, mods=None) -> str:
     """Which backward launch shape, from HWATTN_BWD:
-      fused:  one launch (_bwd_fused_kernel): each program one key block's dK/dV or one query block's dQ;
+      fused:  one launch (_bwd_fused_kernel): program j does key block j's dK/dV, then query block j's dQ;
       split:  dK/dV, then dQ (two launches, each with its own tuned tiles);
       atomic: one dK/dV launch that also adds dQ with fp32 atomics (FlashAttention-2's own schedule, 5 block
               matmuls instead of 7); dQ's summation order over key blocks then varies from run to run;
@@ -692,15 +677,9 @@ def flash_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, block_mas
     if schedule == "fused":
         args = (q, k, v, do, lse, delta, dq, dk, dv, *common, dq.stride(0), dq.stride(1), dq.stride(2),
                 dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), *sizes,
-                B, sm_count(q.device), *by_key_args, *by_query_args,
-                launch_order(block_mask, q.device, by_key_blocks=True), launch_order(block_mask, q.device))
-
-        def pairs(cfg):  # the longer of the two job lists (`fused_job`): key blocks, query blocks
-            if block_mask is None:
-                return max(triton.cdiv(n_k, cfg["BLOCK_N1"]), triton.cdiv(n_q, cfg["BLOCK_M2"]))
-            return max(block_mask.key_block_order.numel() * (block_mask.block_n // cfg["BLOCK_N1"]),
-                       block_mask.query_block_order.numel() * (block_mask.block_m // cfg["BLOCK_M2"]))
-        _launch(_bwd_fused_kernel, _fused_autotuned, "fused", lambda cfg: (2 * pairs(cfg) * B * n_kv_heads,),
+                *by_key_args, *by_query_args)
+        _launch(_bwd_fused_kernel, _fused_autotuned, "fused",
+                lambda cfg: (max(triton.cdiv(n_k, cfg["BLOCK_N1"]), triton.cdiv(n_q, cfg["BLOCK_M2"])), B * n_kv_heads),
                 args, {**meta, **score_mod_kwargs(mods, q.device, drel_bias, with_grad_args=True)}, head_dim, q.dtype)
         return dq, dk, dv, drel_bias
 

@@ -123,30 +123,6 @@ def two_runs(lo, hi, lo2, hi2, BLOCK: tl.constexpr, TWO_RUNS: tl.constexpr):
 
 
 @triton.jit
-def fused_job(pid, n_pairs, n_rows, num_sms):
-    """The one-launch backward's job for program pid: (t, is_dq, row) = the t-th dK/dV job (a key block) or
-    the t-th dQ job (a query block, for every head of the group) of head row `row` (= b * Hkv + h_kv). The
-    grid is n_rows * 2 * n_pairs programs. Each row's jobs are interleaved, dK/dV t then dQ t (t-th pair),
-    and the rows run in groups, each pair's job for every row of the group before the next pair's: with
-    causal masking (key block t's dK/dV the longest first, query block t's dQ the longest first when the
-    caller reverses the dQ blocks) the grid's last programs are its shortest jobs, which fill the last wave.
-    A group is at least 4 waves of jobs (for a tail of short jobs) and no more (its Q, K, V, dO stay in
-    L2 while it runs); a partial group goes first, where its shorter pairs cannot make the tail. List
-    scheduling on 132 SMs predicts the causal tail at 0.1-0.4% of the ideal against 0.8-3.4% when program j
-    did key block j's dK/dV and then query block j's dQ (equal jobs cannot fill the last wave)."""
-    per_group = tl.minimum(tl.cdiv(4 * num_sms, 2 * n_pairs), n_rows)
-    first = n_rows - (tl.cdiv(n_rows, per_group) - 1) * per_group  # the rows of the first (partial) group
-    first_jobs = first * 2 * n_pairs
-    in_first = pid < first_jobs
-    rows_here = tl.where(in_first, first, per_group)
-    group = tl.where(in_first, 0, (pid - first_jobs) // (per_group * 2 * n_pairs))
-    group_row = tl.where(in_first, 0, first + group * per_group)
-    r = tl.where(in_first, pid, pid - first_jobs - group * per_group * 2 * n_pairs)
-    slot = r // rows_here
-    return slot // 2, slot % 2 == 1, group_row + r - slot * rows_here
-
-
-@triton.jit
 def visible(rows, cols, n_q, n_k, CAUSAL: tl.constexpr, window_left=0, window_right=0, WINDOW: tl.constexpr = False):
     """Element mask of a score tile: key in range and, if causal, not in the future; with WINDOW, inside
     the window. `rows` and `cols` come shaped for broadcasting ([M, 1] x [1, N], or [1, M] x [N, 1] for a

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from ..._checks import check_bool, check_same, check_scale, check_tensor
-from ..._runtime import check_kernel_device, interpreting, sm_count
+from ..._runtime import check_kernel_device, interpreting
 from .common import LN2, LOG2E, kv_ranges
 from .forward import _fwd_inner, dot_precision
 from .interface import MAX_HEAD_DIM, SUPPORTED_DTYPES
@@ -179,7 +179,17 @@ def _fixed_decode_config(head_dim: int) -> dict:
     return {"BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
 
 
+_SM_COUNT: dict = {}
 _checked = HostCheckCache()
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 8  # the interpreter: any small number exercises the split path
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
 
 
 def choose_num_splits(num_programs: int, max_cache_len: int, num_sms: int, min_keys_per_split: int = 512,
@@ -349,7 +359,7 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     if num_splits is None:
         n_rows = n_q * (n_heads // n_kv_heads)
         m_tiles = -(-n_rows // min(MAX_ROWS_PER_TILE, max(16, triton.next_power_of_2(n_rows))))
-        num_splits = choose_num_splits(B * n_kv_heads * m_tiles, max(hi, 1), sm_count(q.device),
+        num_splits = choose_num_splits(B * n_kv_heads * m_tiles, max(hi, 1), _sm_count(q.device),
                                        equal_lengths=lo == hi)
     q, k_cache, v_cache = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k_cache, v_cache))
     out, lse2 = decode_fwd(q, k_cache, v_cache, cache_seqlens, causal, softmax_scale, num_splits, mods)

@@ -21,9 +21,9 @@ import triton
 import triton.language as tl
 
 from ..._checks import check_bool, check_same, check_scale, check_tensor
-from ..._runtime import check_kernel_device, interpreting, sm_count
+from ..._runtime import check_kernel_device, interpreting
 from .backward import _dkdv_dense, _dq_dense, backward_schedule
-from .common import LN2, LOG2E, fused_job, q_ranges
+from .common import LN2, LOG2E, q_ranges
 from .configs import _prune, autotune_enabled, configs, fixed_config, launch_fixed
 from .forward import _fwd_dense, dot_precision, seq_bucket
 from .interface import MAX_HEAD_DIM, SUPPORTED_DTYPES
@@ -346,39 +346,33 @@ def _varlen_bwd_fused_kernel(Q, K, V, DO, LSE_ROWS, DELTA_ROWS, DQ, DK, DV, CU_Q
                              stride_qm, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_dom,
                              stride_doh, stride_dqm, stride_dqh, stride_dkn, stride_dkh, stride_dvn, stride_dvh,
                              rows_stride, tail_b, tail_start, num_heads, num_kv_heads, group_size, qk_scale,
-                             softmax_scale, max_seqlen_q, seq_bucket, batch, num_sms,
+                             softmax_scale, max_seqlen_q, seq_bucket,
                              CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                              BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr, BLOCK_M2: tl.constexpr,
                              BLOCK_N2: tl.constexpr, DOT_PRECISION: tl.constexpr,
                              SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right,
                              DBIAS, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
                              REL_BIAS: tl.constexpr, REL_BIAS_GRAD: tl.constexpr, LENGTHS_16: tl.constexpr = False):
-    """The dense `_bwd_fused_kernel`'s schedule (`fused_job`) per sequence: a program computes dK, dV of key
-    block t of sequence b (K/V head b * Hkv + h_kv), or dQ of one of its query blocks for every query head of
-    the group (causal: the t-th from the sequence's end, longest first); blocks past a sequence return."""
-    n_rows = batch * num_kv_heads
-    t, is_dq, pid_kv = fused_job(tl.program_id(0), tl.num_programs(0) // (2 * n_rows), n_rows, num_sms)
-    if not is_dq:
-        _varlen_dkdv_program(t, pid_kv, Q, K, V, DO, LSE_ROWS, DELTA_ROWS, DK, DV, CU_Q, CU_K, CU_ROWS, Q_TAIL,
-                             DO_TAIL, stride_qm, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_dom,
-                             stride_doh, stride_dkn, stride_dkh, stride_dvn, stride_dvh, rows_stride, tail_b,
-                             tail_start, num_kv_heads, group_size, qk_scale, softmax_scale, CAUSAL, HEAD_DIM, BLOCK_D,
-                             BLOCK_M1, BLOCK_N1, DOT_PRECISION, SLOPES, stride_slopes_b, softcap_log2, BIAS,
-                             window_left, window_right, WINDOW, SOFTCAP, ALIBI, REL_BIAS, LENGTHS_16)
-    else:
-        b = pid_kv // num_kv_heads
-        j = t
-        if CAUSAL and not WINDOW:
-            j = tl.cdiv(tl.load(CU_Q + b + 1) - tl.load(CU_Q + b), BLOCK_M2) - 1 - t
-        if j >= 0:
-            h_first = (pid_kv % num_kv_heads) * group_size
-            for g in range(0, group_size):
-                _varlen_dq_program(j, b * num_heads + h_first + g, Q, K, V, DO, LSE_ROWS, DELTA_ROWS, DQ, CU_Q,
-                                   CU_K, CU_ROWS, stride_qm, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
-                                   stride_dom, stride_doh, stride_dqm, stride_dqh, rows_stride, num_heads,
-                                   group_size, qk_scale, softmax_scale, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_M2,
-                                   BLOCK_N2, DOT_PRECISION, SLOPES, stride_slopes_b, softcap_log2, BIAS, window_left,
-                                   window_right, DBIAS, WINDOW, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD, LENGTHS_16)
+    """The dense `_bwd_fused_kernel`'s schedule per sequence: program (j, b * Hkv + h_kv) computes dK, dV of key
+    block j of sequence b, then dQ of its query block j for every query head of the group (causal: the two
+    halves balance, see there)."""
+    j = tl.program_id(0)
+    pid_kv = tl.program_id(1)
+    _varlen_dkdv_program(j, pid_kv, Q, K, V, DO, LSE_ROWS, DELTA_ROWS, DK, DV, CU_Q, CU_K, CU_ROWS, Q_TAIL, DO_TAIL,
+                         stride_qm, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_dom, stride_doh,
+                         stride_dkn, stride_dkh, stride_dvn, stride_dvh, rows_stride, tail_b, tail_start,
+                         num_kv_heads, group_size, qk_scale, softmax_scale, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_M1,
+                         BLOCK_N1, DOT_PRECISION, SLOPES, stride_slopes_b, softcap_log2, BIAS, window_left,
+                         window_right, WINDOW, SOFTCAP, ALIBI, REL_BIAS, LENGTHS_16)
+    b = pid_kv // num_kv_heads
+    h_first = (pid_kv % num_kv_heads) * group_size
+    for g in range(0, group_size):
+        _varlen_dq_program(j, b * num_heads + h_first + g, Q, K, V, DO, LSE_ROWS, DELTA_ROWS, DQ, CU_Q, CU_K,
+                           CU_ROWS, stride_qm, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_dom,
+                           stride_doh, stride_dqm, stride_dqh, rows_stride, num_heads, group_size, qk_scale,
+                           softmax_scale, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_M2, BLOCK_N2, DOT_PRECISION, SLOPES,
+                           stride_slopes_b, softcap_log2, BIAS, window_left, window_right, DBIAS, WINDOW, SOFTCAP,
+                           ALIBI, REL_BIAS, REL_BIAS_GRAD, LENGTHS_16)
 
 
 def _autotuned(kernel, kind):
@@ -488,9 +482,9 @@ def varlen_bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
     if backward_schedule(causal, None, mods) == "fused":
         if max(max_seqlen_q, max_seqlen_k) > 0:
             _launch(_varlen_bwd_fused_kernel, _fused_autotuned, "fused",
-                    lambda cfg: (2 * batch * n_kv_heads * max(triton.cdiv(max_seqlen_k, cfg["BLOCK_N1"]),
-                                                              triton.cdiv(max_seqlen_q, cfg["BLOCK_M2"])),),
-                    args + (batch, sm_count(q.device)), meta, head_dim, q.dtype)
+                    lambda cfg: (max(triton.cdiv(max_seqlen_k, cfg["BLOCK_N1"]),
+                                     triton.cdiv(max_seqlen_q, cfg["BLOCK_M2"])), batch * n_kv_heads),
+                    args, meta, head_dim, q.dtype)
         return dq, dk, dv
     if max_seqlen_k > 0:
         _launch(_varlen_dkdv_kernel, _dkdv_autotuned, "dkdv",
