@@ -36,9 +36,12 @@ def log(*a):
     print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)
 
 
-def enumerate_launches(root, plain_only=False, quick=False, dtype_names=None):
+def enumerate_launches(root, plain_only=False, quick=False, dtype_names=None, seqlen=1024):
     """Every distinct (module, kernel, signature, constexprs, warps, stages) the launchers of the checkout at
-    `root` produce. plain_only: no mods, no window (what an older checkout also has)."""
+    `root` produce. plain_only: no mods, no window (what an older checkout also has). seqlen: the lengths
+    launched with; Triton specialises integer arguments by divisibility by 16, so 1024 compiles what every
+    benchmark length gets (1000, the earlier default, compiled the unaligned specialisation: its loads of the
+    LSE and delta vectorise differently, and its SASS did not match the GPU's)."""
     sys.path.insert(0, root)
     os.environ.pop("TRITON_INTERPRET", None)
     os.environ["HWATTN_AUTOTUNE"] = "0"
@@ -124,8 +127,9 @@ def enumerate_launches(root, plain_only=False, quick=False, dtype_names=None):
     # a mask with stored tiles (its rows are not one range of keys) and, where the checkout has them, one whose
     # partial blocks the kernels compute from ranges (a causal window)
     tiled = lambda b, h, q, kv: (kv <= q) & (kv >= q - 300) & ((q - kv) % 7 != 3)
-    block_masks = [on_meta(create_block_mask(tiled, None, None, 1000, 1000, device="cpu"))]
-    ranged = create_block_mask(lambda b, h, q, kv: (kv <= q) & (kv >= q - 300), None, None, 1000, 1000, device="cpu")
+    block_masks = [on_meta(create_block_mask(tiled, None, None, seqlen, seqlen, device="cpu"))]
+    ranged = create_block_mask(lambda b, h, q, kv: (kv <= q) & (kv >= q - 300), None, None, seqlen, seqlen,
+                               device="cpu")
     if getattr(ranged, "partial_kind", 1) != 1:
         block_masks.append(on_meta(ranged))
     try:
@@ -135,7 +139,7 @@ def enumerate_launches(root, plain_only=False, quick=False, dtype_names=None):
                 continue
             if causal and window is not None and window[1] != 0:
                 continue
-            B, H, n = 1, 2, 1000
+            B, H, n = 1, 2, seqlen
             q, k, v = (torch.empty(B, n, H, d, device=meta, dtype=dtype) for _ in range(3))
             mods = mods_of(names, B, H, n, n, window)
             extra = {"mods": mods} if has_mods else {}
@@ -249,6 +253,7 @@ def compile_one(job):
                 asm = {"ttgir": compiled.asm["ttgir"], "ptx": compiled.asm["ptx"]}
             if wgmma:
                 asm["ptxas"] = ptxas_report(compiled.asm["ptx"])
+                asm["shared"] = compiled.metadata.shared  # bytes; a launch over the GPU's limit drops a stage
         except Exception as e:  # noqa: BLE001
             failure = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''}"
         finally:
@@ -340,6 +345,8 @@ def main():
     ap.add_argument("--plain", action="store_true", help="no score mods, no window (block masks included)")
     ap.add_argument("--no-mods", action="store_true", help="no score mods (windows and block masks included)")
     ap.add_argument("--dump", default="", help="write each kernel's TTGIR and PTX into this directory")
+    ap.add_argument("--seqlen", type=int, default=1024, help="the lengths launched with (a multiple of 16, as "
+                    "every benchmark length, compiles what the GPU runs)")
     ap.add_argument("--wgmma", action="store_true",
                     help="also run ptxas -v on each kernel: registers, spills, and whether its wgmmas are serialised")
     args = ap.parse_args()
@@ -351,7 +358,8 @@ def main():
         with open(args.launches) as f:
             specs = json.load(f)
     else:
-        specs = enumerate_launches(ROOT, plain_only=args.plain, quick=args.quick, dtype_names=[d for d in args.dtypes.split(",") if d])
+        specs = enumerate_launches(ROOT, plain_only=args.plain, quick=args.quick,
+                                   dtype_names=[d for d in args.dtypes.split(",") if d], seqlen=args.seqlen)
         if args.launches:
             with open(args.launches, "w") as f:
                 json.dump(specs, f)
@@ -377,7 +385,8 @@ def main():
             if asm and "ptxas" in asm:
                 regs, spill, notes = asm["ptxas"]
                 serialised += bool(notes)
-                log(f"{'SERIALISED' if notes else 'pipelined '} regs {regs:3d} spill {spill:4d} B  {label(spec)}"
+                log(f"{'SERIALISED' if notes else 'pipelined '} regs {regs:3d} spill {spill:4d} B "
+                    f"smem {asm['shared'] // 1024:3d} KB  {label(spec)}"
                     + (f"  [{'; '.join(' '.join(n) for n in notes)}]" if notes else ""))
             if asm and args.dump:
                 os.makedirs(args.dump, exist_ok=True)
@@ -399,7 +408,7 @@ def main():
         out = subprocess.run([sys.executable, "-c", f"import json, sys; sys.path.insert(0, {ROOT!r}); "
                               f"from scripts.flash_compile_check import enumerate_launches; "
                               f"print(json.dumps(enumerate_launches({os.path.abspath(args.against)!r}, True, "
-                              f"{args.quick})))"], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=""))
+                              f"{args.quick}, None, {args.seqlen})))"], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=""))
         if out.returncode != 0:
             log("enumerating the other checkout failed:", out.stderr[-2000:])
             return 1

@@ -341,6 +341,21 @@ def test_fused_backward_every_job(monkeypatch, case):
         _check_against_reference(q, k, v, causal)
 
 
+def test_auto_backward_schedule(monkeypatch):
+    """HWATTN_BWD=auto: one launch for dense causal attention and for a window argument (measured faster on
+    an H200), two otherwise, and under a block mask; the varlen kernels keep two launches with a window."""
+    from hwattn.ops.flash.backward import backward_schedule
+    from hwattn.ops.flash.score_mods import ScoreMods
+    from hwattn import masks
+    monkeypatch.delenv("HWATTN_BWD", raising=False)
+    window = ScoreMods(window=(64, 0))
+    bm = masks.create_block_mask(masks.causal(), None, None, 64, 64, device="cpu")
+    assert backward_schedule(True, None) == "fused" and backward_schedule(False, None) == "split"
+    assert backward_schedule(False, None, window) == "fused"
+    assert backward_schedule(False, None, window, windowed_fused=False) == "split"
+    assert backward_schedule(False, bm, window) == "split" and backward_schedule(False, None, ScoreMods()) == "split"
+
+
 def test_bad_backward_schedule_is_refused(monkeypatch):
     monkeypatch.setenv("HWATTN_BWD", "atomics")
     q, k, v = _inputs(1, 8, 8, 1, 1, 16, torch.float32)

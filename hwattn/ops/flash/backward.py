@@ -612,7 +612,7 @@ _fused_autotuned = None if interpreting() else autotuned(_bwd_fused_kernel, lamb
 BACKWARD_SCHEDULES = ("auto", "fused", "split", "atomic")
 
 
-def backward_schedule(causal: bool, block_mask, mods=None) -> str:
+def backward_schedule(causal: bool, block_mask, mods=None, windowed_fused: bool = True) -> str:
     """Which backward launch shape, from HWATTN_BWD:
       fused:  one launch (_bwd_fused_kernel): program j does key block j's dK/dV, then query block j's dQ;
       split:  dK/dV, then dQ (two launches, each with its own tuned tiles);
@@ -622,7 +622,10 @@ def backward_schedule(causal: bool, block_mask, mods=None) -> str:
               docs/hopper.md: dense causal fused 1.00-1.04x the split speed, dense non-causal 0.88-0.92x;
               re-timed 2026-12-02 after the wgmma fix, docs/flash_status.md: kept). Block masks, H200
               2026-12-02 after the sparse walks became one loop: fused 1.02x split with the fixed configs, but
-              0.98-1.00x with autotuning (the default), so split.
+              0.98-1.00x with autotuning (the default), so split. A window argument (no block mask): fused,
+              after its dK/dV loop's loads were fixed (`common.q_window_bounds`; H200 2026-12-02, window 4096 at
+              N = 32768: fused 6.70-6.75 ms kernel against split 7.04-7.12, 6.91 vs 7.33 in gpu_masks.py) unless
+              windowed_fused is False (the varlen kernels: not measured there).
     The atomic schedule is opt-in and never taken under torch.use_deterministic_algorithms(True) (it falls back
     to split, with a warning) nor with a learnable rel_bias, whose gradient the dQ pass sums."""
     mode = env_choice("HWATTN_BWD", BACKWARD_SCHEDULES)
@@ -635,7 +638,8 @@ def backward_schedule(causal: bool, block_mask, mods=None) -> str:
             return "split"  # d rel_bias is summed in the dQ pass
         return "atomic"
     if mode == "auto":
-        return "fused" if causal and block_mask is None else "split"
+        windowed = windowed_fused and mods is not None and mods.window is not None
+        return "fused" if (causal or windowed) and block_mask is None else "split"
     return mode
 
 

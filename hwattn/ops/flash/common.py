@@ -71,12 +71,19 @@ def q_window_bounds(start_n, n_q, n_k, window_left, window_right, BLOCK_M: tl.co
     first = start_n - (n_k - n_q)  # the query row whose diagonal is the block's first key
     last = first + BLOCK_N - 1     # ... its last key
     hi = tl.minimum(tl.maximum(last + window_left + 1, 0), n_q)
-    lo = tl.minimum((tl.maximum(first - window_right, 0) // BLOCK_M) * BLOCK_M, hi)
+    # lo, full_lo, full_hi are clamped to hi rounded up to a block, not to hi: so they stay multiples of
+    # BLOCK_M for the compiler too, and so do the loops' row offsets. Clamped to hi, whose divisibility Triton
+    # cannot see, the unmasked loop loaded the LSE and delta rows 4 bytes at a time (32 copies a step, each
+    # with its own 64-bit address: 714 SASS instructions a step against the causal loop's 494; ncu on an H200:
+    # 1.38x the instructions of the block walk's same steps, dK/dV 25% slower). The rounding only matters
+    # where hi = n_q, and rows past n_q are harmless (LSE +inf: P = 0); a run that ends up reversed is empty.
+    hi_up = tl.cdiv(hi, BLOCK_M) * BLOCK_M
+    lo = tl.minimum((tl.maximum(first - window_right, 0) // BLOCK_M) * BLOCK_M, hi_up)
     # whole key block visible to every row: right edge covers the last key, left edge the first
     full_lo = tl.cdiv(tl.maximum(last - window_right, 0), BLOCK_M) * BLOCK_M
     full_hi = (tl.maximum(first + window_left + 1, 0) // BLOCK_M) * BLOCK_M
-    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
-    full_hi = tl.minimum(tl.maximum(full_hi, full_lo), hi)
+    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi_up)
+    full_hi = tl.minimum(tl.maximum(full_hi, full_lo), hi_up)
     return lo, full_lo, full_hi, hi
 
 

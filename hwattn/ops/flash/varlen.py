@@ -479,7 +479,7 @@ def varlen_bwd(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
             rows_stride, tail_b, tail_start, n_heads, n_kv_heads, n_heads // n_kv_heads, qk_scale, softmax_scale,
             max_seqlen_q, bucket)
     # the dense kernel's choice (HWATTN_BWD; auto: one launch when causal); no atomic-dQ schedule here
-    if backward_schedule(causal, None, mods) == "fused":
+    if backward_schedule(causal, None, mods, windowed_fused=False) == "fused":
         if max(max_seqlen_q, max_seqlen_k) > 0:
             _launch(_varlen_bwd_fused_kernel, _fused_autotuned, "fused",
                     lambda cfg: (max(triton.cdiv(max_seqlen_k, cfg["BLOCK_N1"]),
