@@ -22,9 +22,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "results/bwd_profile"))
     ap.add_argument("--cases", default="dense,masks", help="comma-separated: dense, masks, window_arg, "
-                    "window_variants (the window argument causal and non-causal, and a block mask, at N = 8192 and 32768)")
+                    "window_variants (the window argument causal and non-causal, and a block mask, at N = 8192 "
+                    "and 32768)")
     ap.add_argument("--providers", default="split,fused,flex", help="hwattn's schedules (split, fused) and flex")
     a = ap.parse_args()
+    chosen = set(a.providers.split(","))
     os.makedirs(a.out, exist_ok=True)
     import torch
     import torch._dynamo
@@ -67,11 +69,11 @@ def main():
         fmod = mask_mod
         if fmod is None and causal:
             fmod = lambda b, h, qi, ki: ki <= qi
-        if "flex" in a.providers.split(","):
+        if "flex" in chosen:
             fbm = None if fmod is None else flex_block_mask(fmod, None, None, N, N, device="cuda")
             fo = flex(qh, kh, vh, block_mask=fbm)
         providers = {}
-        for mode in [m for m in ("split", "fused") if m in a.providers.split(",")]:
+        for mode in [m for m in ("split", "fused") if m in chosen]:
             def bwd(mode=mode):
                 os.environ["HWATTN_BWD"] = mode
                 try:
@@ -80,7 +82,7 @@ def main():
                     os.environ.pop("HWATTN_BWD")
             providers[f"hwattn_{mode}"] = bwd
         do_h = do.transpose(1, 2).contiguous()
-        if "flex" in a.providers.split(","):
+        if "flex" in chosen:
             providers["flex"] = lambda: torch.autograd.grad(fo, (qh, kh, vh), do_h, retain_graph=True)
         for prov, fn in providers.items():
             ms = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")

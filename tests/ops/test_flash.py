@@ -312,10 +312,11 @@ def test_atomic_backward_falls_back_where_it_must(monkeypatch):
 
 @pytest.mark.parametrize("case", ["full", "causal_nq_gt_nk", "causal_nq_lt_nk", "window_mods", "block_mask",
                                   "many_rows"])
-def test_fused_backward_every_job(monkeypatch, case):
-    """HWATTN_BWD=fused, off by default where there is no causal mask: one launch, program j computes key block
-    j's dK/dV and then query block j's dQ, dense (Nq != Nk both ways, GQA, several batch and head rows), with a
-    window and score mods, and under a block mask (per-head patterns, mask blocks of two kernel blocks).
+def test_fused_backward_matches_split(monkeypatch, case):
+    """HWATTN_BWD=fused (the default only with causal masking or a window argument): one launch, program j
+    computes key block j's dK/dV and then query block j's dQ, dense (Nq != Nk both ways, GQA, several batch and
+    head rows), with a window and score mods, and under a block mask (per-head patterns, mask blocks of two
+    kernel blocks).
     Bit-equal to the split backward (the interpreter runs both with the same tiles), and against float64."""
     from hwattn import masks
     shapes = {"full": (2, 70, 70, 2, 2, False), "causal_nq_gt_nk": (2, 90, 41, 2, 1, True),
