@@ -64,6 +64,11 @@ def _dkdv_step(dk, dv, k, v, qt_ptrs, do_ptrs, lse_ptrs, delta_ptrs, rows, cols,
     qt = tl.load(qt_ptrs, mask=row_ok[None, :] & d_ok[:, None], other=0.0)
     lse = tl.load(lse_ptrs, mask=row_ok, other=float("inf"))
     qkt = tl.dot(k, qt, input_precision=DOT_PRECISION)
+    # dO V^T does not need P: issued before the exp2, ptxas runs its wgmmas under the exponentials (SASS, sm_90,
+    # triton 3.6: the MUFU.EX2s interleave with its HGMMAs) and needs fewer registers across the step (window
+    # dK/dV spills 140 -> 112 B, fused 112 -> 36 B; H200: window backward -9%, docs/flash_status.md)
+    do = tl.load(do_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
     if (SOFTCAP or ALIBI) or REL_BIAS:
         # the forward's modded scores, recomputed (log2 domain, scale included): P matches the saved LSE
         qkt, dcap = modded_scores(qkt, qk_scale, rows[None, :], cols[:, None], n_q, n_k, softcap_log2, alibi_slope,
@@ -82,10 +87,8 @@ def _dkdv_step(dk, dv, k, v, qt_ptrs, do_ptrs, lse_ptrs, delta_ptrs, rows, cols,
             keep = keep & partial_keep(tile_ptrs, range_lo[:, None], range_hi[:, None], rows[None, :], cols[:, None],
                                        PARTIAL_MASK, True)
         pt = tl.where(keep, pt, 0.0)
-    do = tl.load(do_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
     delta = tl.load(delta_ptrs, mask=row_ok, other=0.0)
-    dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
     dst = pt * (dpt - delta[None, :])
     if SOFTCAP:
         dst = dst * dcap  # chain rule through softcap * tanh(s / softcap)
@@ -343,6 +346,7 @@ def _dq_step(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, rows, cols, n_q, n_k, qk_s
         kt = tl.load(kt_ptrs)
         vt = tl.load(vt_ptrs)
     qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
+    dp = tl.dot(do, vt, input_precision=DOT_PRECISION)  # before the exp2, as in `_dkdv_step`
     if (SOFTCAP or ALIBI) or REL_BIAS:
         qk, dcap = modded_scores(qk, qk_scale, rows[:, None], cols[None, :], n_q, n_k, softcap_log2, alibi_slope,
                                  rel_bias_row, SOFTCAP, ALIBI, REL_BIAS)
@@ -354,7 +358,6 @@ def _dq_step(dq, q, do, lse, delta, kt_ptrs, vt_ptrs, rows, cols, n_q, n_k, qk_s
             keep = keep & partial_keep(tile_ptrs, range_lo[:, None], range_hi[:, None], rows[:, None], cols[None, :],
                                        PARTIAL_MASK, False)
         p = tl.where(keep, p, 0.0)
-    dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
     ds = p * (dp - delta[:, None])
     if REL_BIAS_GRAD:
         if MASKED:
