@@ -37,20 +37,20 @@ def main():
     bench = lambda fn: triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
     rows = []
 
-    def time_pair(name, n, mask_mod, H=16, D=128, B=1, flex_too=True, compute_partial=True, documents=True):
+    def time_pair(name, n, mask_mod, H=16, D=128, B=1, flex_too=True, compute_partial=True, route=True):
         torch.manual_seed(0)
         q, k, v = (torch.randn(B, n, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
         t0 = time.time()
         bm = masks.create_block_mask(mask_mod, None, None, n, n, device="cuda", block_size=128,
                                      compute_partial=compute_partial)
         build_s = time.time() - t0
-        if not documents:
-            bm.documents = None  # a packed-documents mask through the block walk, not the varlen kernels
+        if not route:  # packed documents / a band through the block walk, not the varlen / window kernels
+            bm.documents = bm.window = None
         out = hwattn.flash_attention(q, k, v, block_mask=bm)
         do = torch.randn_like(out)
         res = {"case": name, "n": n, "density": round(bm.density(), 4), "build_s": round(build_s, 2),
                "partial": "tiles" if bm.partial_kind == 1 else "ranges",
-               "kernels": "varlen" if bm.documents is not None else "block walk"}
+               "kernels": "varlen" if bm.documents is not None else "window" if bm.window is not None else "block walk"}
         res["hwattn_fwd_ms"] = bench(lambda: hwattn.flash_attention(q, k, v, block_mask=bm))
         res["hwattn_bwd_ms"] = bench(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))
         for mode in ("split", "fused"):  # the default (HWATTN_BWD=auto) takes one of these (split, for block masks)
@@ -72,6 +72,7 @@ def main():
     n = a.n_long
     window = masks.and_masks(masks.causal(), masks.sliding_window(4096))
     window_row = time_pair("sliding_window_4096_causal", n, window)
+    time_pair("sliding_window_4096_causal_block_walk", n, window, flex_too=False, route=False)
     if a.tiles_too:  # the same mask through stored tiles (the path of masks without ranges)
         time_pair("sliding_window_4096_causal_tiles", n, window, flex_too=False, compute_partial=False)
     # the same mask through the window argument (no block mask: key ranges computed in the kernel)
@@ -98,7 +99,7 @@ def main():
     doc_ids = torch.cat([doc_ids, torch.full((n - doc_ids.numel(),), 64)]).cuda()[None]
     document = masks.and_masks(masks.causal(), masks.document(doc_ids))
     time_pair("document_causal", n, document)
-    time_pair("document_causal_block_walk", n, document, flex_too=False, documents=False)
+    time_pair("document_causal_block_walk", n, document, flex_too=False, route=False)
     if a.tiles_too:
         time_pair("document_causal_tiles", n, document, flex_too=False, compute_partial=False)
 

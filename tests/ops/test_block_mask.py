@@ -5,7 +5,7 @@ import torch
 
 import hwattn
 from hwattn import masks
-from hwattn.reference import attention as reference
+from hwattn.reference import alibi_bias, attention as reference
 from hwattn.testing import TOLERANCE, assert_rel_close
 
 DEV = "cpu" if not torch.cuda.is_available() else "cuda"
@@ -40,19 +40,20 @@ def _check(mask_mod, B=1, H=2, H_kv=None, n_q=96, n_k=96, d=32, dtype=torch.floa
         k[:, poison], v[:, poison] = float("nan"), float("nan")
     k.requires_grad_()
     v.requires_grad_()
-    out = hwattn.flash_attention(q, k, v, block_mask=bm)
-    do = torch.randn_like(out)
-    grads = torch.autograd.grad(out, (q, k, v), do)
-    if nan_in_skipped:
-        k, v = k_clean, v_clean
-    x64 = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    do = torch.randn(B, n_q, H, d, device=DEV).to(dtype)
+    x64 = [x.detach().double().requires_grad_() for x in ((q, k_clean, v_clean) if nan_in_skipped else (q, k, v))]
     ref = reference(*x64, mask=dense)
     ref_grads = torch.autograd.grad(ref, x64, do.double())
-    assert_rel_close("out", out, ref, dtype)
-    for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
-        if nan_in_skipped and name != "dq":
-            g, r = g[:, ~poison], r[:, ~poison]
-        assert_rel_close(name, g, r, dtype)
+    # a band (causal, a window) runs as a window of the dense kernels; its block walk is checked too
+    for window in ([bm.window, None] if bm.window is not None else [None]):
+        bm.window = window
+        out = hwattn.flash_attention(q, k, v, block_mask=bm)
+        grads = torch.autograd.grad(out, (q, k, v), do)
+        assert_rel_close("out", out, ref, dtype)
+        for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
+            if nan_in_skipped and name != "dq":
+                g, r = g[:, ~poison], r[:, ~poison]
+            assert_rel_close(name, g, r, dtype)
     return out, grads, bm
 
 
@@ -133,7 +134,7 @@ def test_computed_partial_blocks_equal_stored_tiles(name, n_q, n_k):
         bm = masks.create_block_mask(mask_mod, B, H, n_q, n_k, device=DEV, block_size=BLOCK,
                                      compute_partial=compute)
         assert bm.partial_kind == (2 if compute else 1)
-        bm.documents = None  # the block walk, also for masks that are packed documents
+        bm.documents = bm.window = None  # the block walk, also for masks that are packed documents or bands
         out = hwattn.flash_attention(q, k, v, block_mask=bm)
         results.append((out, *torch.autograd.grad(out, (q, k, v), do)))
     for name_, computed, stored in zip(("out", "dq", "dk", "dv"), *results):
@@ -153,6 +154,7 @@ def test_launch_order_and_sub_blocks(name):
     n_q, n_k = 70, 100
     mask_mod = COMPUTED[name](n_q, n_k)
     bm = masks.create_block_mask(mask_mod, 2, 4, n_q, n_k, device=DEV, block_size=2 * BLOCK)
+    bm.window = None  # the block walk
     for order, counts in ((bm.key_block_order, bm.q_full_num + bm.q_part_num),
                           (bm.query_block_order, bm.kv_full_num + bm.kv_part_num)):
         work = counts.sum((0, 1))[order.long()]
@@ -205,7 +207,6 @@ def test_which_masks_are_packed_documents():
     assert found.causal and found.starts == [[0, 10, 40, 64]]
     found = build(masks.document(docs)).documents
     assert not found.causal and found.starts == [[0, 10, 40, 64]]
-    assert build(masks.causal()).documents.starts == [[0, 64]] and not build(masks.full()).documents.causal
     two = torch.cat([docs, torch.repeat_interleave(torch.arange(2), torch.tensor([33, 31]))[None].to(DEV)])
     found = build(masks.and_masks(masks.causal(), masks.document(two)), B=2).documents
     assert found.starts == [[0, 10, 40, 64], [0, 33, 64]]
@@ -222,6 +223,61 @@ def test_which_masks_are_packed_documents():
     assert build(masks.causal(offset=10), n_k=74).documents is None  # Nq != Nk
     assert masks.create_block_mask(masks.causal(), None, None, n, n, device=DEV, block_size=16,
                                    compute_partial=False).documents is None
+
+
+def test_which_masks_are_bands():
+    """One band, the same in every batch row and head, is recognised as flash_attn's window (bottom-right
+    aligned, -1 unbounded), for any Nq, Nk; a single document is such a band, not `documents`; anything else,
+    or a band the window kernels cannot take (it ends before the diagonal), is not."""
+    build = lambda m, n_q=64, n_k=64, B=None, H=None: masks.create_block_mask(m, B, H, n_q, n_k, device=DEV,
+                                                                             block_size=16)
+    causal = build(masks.causal())
+    assert causal.window == (-1, 0) and causal.documents is None
+    assert build(masks.full()).window == (-1, -1) and build(masks.full()).documents is None
+    assert build(masks.and_masks(masks.causal(), masks.sliding_window(8))).window == (8, 0)
+    assert build(masks.sliding_window(3, 5)).window == (3, 5)
+    assert build(masks.sliding_window(100, 0)).window == (-1, 0)  # wider than the sequence: plain causal
+    assert build(masks.causal(offset=16), n_k=80).window == (-1, 0)  # bottom-right causal, Nk > Nq
+    assert build(lambda b, h, q, kv: (kv <= q + 16) & (kv >= q + 9), n_k=80).window == (7, 0)
+    assert build(masks.causal(offset=-24), n_k=40).window == (-1, 0)  # Nk < Nq: the first 24 rows see nothing
+    docs = torch.repeat_interleave(torch.arange(3), torch.tensor([10, 30, 24]))[None].to(DEV)
+    not_bands = [masks.sliding_window(3, 5), masks.prefix_lm(12), masks.strided(4), masks.causal(offset=-4),
+                 lambda b, h, q, kv: kv >= q + 3, masks.and_masks(masks.causal(), masks.document(docs)),
+                 lambda b, h, q, kv: (kv <= q) & (kv >= q - 8 - 4 * h),  # heads differ
+                 lambda b, h, q, kv: (kv <= q) & (kv >= q - 8 - 4 * b)]  # batch rows differ
+    for i, m in enumerate(not_bands):
+        assert build(m, n_k=80 if i == 0 else 64, B=2, H=2).window is None, i
+    assert build(masks.and_masks(masks.causal(), masks.document(docs))).documents is not None
+
+
+@pytest.mark.parametrize("case", ["window_causal", "two_sided_nq_lt_nk", "causal_nq_gt_nk"])
+def test_band_masks_run_as_windows(case):
+    """A band block mask runs exactly as the same window argument (bit-equal outputs, LSE and gradients, GQA,
+    score mods on), and matches the float64 reference."""
+    torch.manual_seed(0)
+    n_q, n_k, mask_mod, window = {
+        "window_causal": (70, 70, masks.and_masks(masks.causal(), masks.sliding_window(left=21)), (21, 0)),
+        "two_sided_nq_lt_nk": (50, 90, lambda b, h, q, kv: (kv >= q + 40 - 13) & (kv <= q + 40 + 6), (13, 6)),
+        "causal_nq_gt_nk": (90, 50, masks.causal(offset=-40), (-1, 0))}[case]
+    bm = masks.create_block_mask(mask_mod, None, None, n_q, n_k, device=DEV, block_size=BLOCK)
+    assert bm.window == window
+    H, H_kv, d = 4, 2, 32
+    q = torch.randn(2, n_q, H, d, device=DEV).to(torch.float16).requires_grad_()
+    k, v = (torch.randn(2, n_k, H_kv, d, device=DEV).to(torch.float16).requires_grad_() for _ in range(2))
+    do = torch.randn(2, n_q, H, d, device=DEV).to(torch.float16)
+    mods = dict(softcap=15.0, alibi_slopes=torch.rand(H, device=DEV) * 0.2)
+    results = []
+    for kw in (dict(block_mask=bm), dict(window=window)):
+        out, lse = hwattn.flash_attention(q, k, v, return_lse=True, **kw, **mods)
+        results.append((out, lse, *torch.autograd.grad(out, (q, k, v), do)))
+    for name_, routed, direct in zip(("out", "lse", "dq", "dk", "dv"), *results):
+        assert torch.equal(routed, direct), name_
+    dense = _dense(mask_mod, 2, H, n_q, n_k)
+    x64 = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    ref = reference(*x64, mask=dense, bias=alibi_bias(mods["alibi_slopes"].double(), n_q, n_k), softcap=15.0)
+    assert_rel_close("out", results[0][0], ref, torch.float16)
+    for name_, g, r in zip(("dq", "dk", "dv"), results[0][2:], torch.autograd.grad(ref, x64, do.double())):
+        assert_rel_close(name_, g, r, torch.float16)
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])

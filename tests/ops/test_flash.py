@@ -237,11 +237,13 @@ def test_persistent_schedule_with_window_block_mask_and_mods(monkeypatch):
     from hwattn import masks
     q, k, v = (x.detach() for x in _inputs(1, 90, 90, 2, 2, 32, torch.float32))
     slopes = torch.rand(4) * 0.3
+    bm = masks.create_block_mask(masks.causal(), None, None, 90, 90, device="cpu")
+    bm.window = None  # the block walk (a band would run as the causal kernel)
     got = [hwattn.flash_attention(q, k, v, causal=True, window=(20, 0), alibi_slopes=slopes, softcap=3.0),
-           hwattn.flash_attention(q, k, v, block_mask=masks.create_block_mask(masks.causal(), None, None, 90, 90, device="cpu"))]
+           hwattn.flash_attention(q, k, v, block_mask=bm)]
     monkeypatch.setenv("HWATTN_FWD_SCHEDULE", "grid")
     want = [hwattn.flash_attention(q, k, v, causal=True, window=(20, 0), alibi_slopes=slopes, softcap=3.0),
-            hwattn.flash_attention(q, k, v, block_mask=masks.create_block_mask(masks.causal(), None, None, 90, 90, device="cpu"))]
+            hwattn.flash_attention(q, k, v, block_mask=bm)]
     for a, b in zip(got, want):
         assert torch.equal(a, b)
 
@@ -280,6 +282,7 @@ def test_atomic_backward_with_window_block_mask_and_mods(monkeypatch, case):
         kw = dict(causal=True, window=(20, 0), alibi_slopes=torch.rand(4) * 0.3, softcap=3.0)
     else:
         kw = dict(block_mask=masks.create_block_mask(masks.sliding_window(30, 5), None, None, 90, 75, device="cpu"))
+        kw["block_mask"].window = None  # the block walk, not the window kernels a band would take
     monkeypatch.setenv("HWATTN_BWD", "split")
     want = _grads(q, k, v, **kw)
     monkeypatch.setenv("HWATTN_BWD", "atomic")

@@ -136,6 +136,7 @@ def test_block_mask_with_mods(dtype):
     q, k, v = _inputs(B, n, n, 1, 2, 32, dtype)
     mask_mod = and_masks(causal_mod(), sliding_window(left=20))
     bm = create_block_mask(mask_mod, None, None, n, n, device="cpu", block_size=32)
+    bm.window = None  # the block walk (this band would run as the window argument, tested with it)
     dense = bm.to_dense()[0, 0]
     _check(q, k, v, False, _mods(["alibi", "softcap", "rel_bias"], B, 2, n, n), block_mask=bm, dense_mask=dense)
 
@@ -355,6 +356,7 @@ def test_gpu_block_mask_with_mods():
     B, n = 1, 1536
     q, k, v = (x.detach().cuda().requires_grad_() for x in _inputs(B, n, n, 2, 2, 128, torch.bfloat16))
     bm = create_block_mask(and_masks(causal_mod(), sliding_window(left=300)), None, None, n, n, device="cuda")
+    bm.window = None  # the block walk
     _check(q, k, v, False, _cuda_mods(["alibi", "softcap", "rel_bias"], B, 4, n, n), block_mask=bm,
            dense_mask=bm.to_dense()[0, 0])
 

@@ -12,9 +12,14 @@ records those ranges instead, and the kernels compute a partial block's element 
 (`common.partial_keep`): two compares per score instead of a byte of stored tile.
 
 Where the ranges say the mask is packed documents (Nq = Nk, and each query sees exactly its own document,
-causally or all of it; a single document is plain causal or full attention), the build also records the
-document boundaries (`Documents`), and `flash_attention` runs such a mask on the varlen kernels, which tile
-every document from its first row: no block lists to walk and no partial blocks at document starts.
+causally or all of it), the build also records the document boundaries (`Documents`), and `flash_attention`
+runs such a mask on the varlen kernels, which tile every document from its first row: no block lists to walk
+and no partial blocks at document starts.
+Where they say one band for every query (causal, sliding windows and their intersections, any Nq, Nk; a
+single document is plain causal or full attention), the same in every batch row and head, the build records
+it as a flash_attn window (`BlockMask.window`), and `flash_attention` runs the dense kernels with that
+window, which compute each block's key range instead of walking lists (faster: the window argument's
+backward against the block walk's, docs/flash_status.md).
 """
 from __future__ import annotations
 
@@ -75,6 +80,10 @@ class BlockMask:
         listed blocks, summed over the mask's batch and heads: the dK/dV (dQ) launch order, longest first;
     documents: `Documents` when the mask is packed documents (then `flash_attention` runs it on the varlen
         kernels; set it to None to keep the block walk), else None.
+    window: (left, right) when the mask is one band, flash_attn's `window_size` (-1 = unbounded): query i
+        sees key j iff i + Nk - Nq - left <= j <= i + Nk - Nq + right, the same for every batch and head (then
+        `flash_attention` runs it as that window, no block lists; set it to None to keep the block walk),
+        else None. Several packed documents take `documents` instead.
     """
     seq_len_q: int
     seq_len_k: int
@@ -97,6 +106,7 @@ class BlockMask:
     key_block_order: torch.Tensor | None = None
     query_block_order: torch.Tensor | None = None
     documents: Documents | None = None
+    window: tuple[int, int] | None = None
 
     def __post_init__(self):
         if self.key_block_order is None:
@@ -257,14 +267,18 @@ def create_block_mask(mask_mod, B: int | None, H: int | None, seq_len_q: int, se
     q_full_num, q_full_idx = _sorted_lists(full.transpose(-1, -2))
     q_part_num, q_part_idx = _sorted_lists(part.transpose(-1, -2))
     tile_of32 = tile_of.clamp_min(0).to(torch.int32)
-    kind, info, documents = PARTIAL_TILE.value, None, None
+    kind, info, documents, window = PARTIAL_TILE.value, None, None, None
     if ranges is not None and ranges.contiguous():
         kind, info = PARTIAL_RANGES.value, ranges.info(seq_len_q, seq_len_k)
         documents = ranges.documents(seq_len_q, seq_len_k)
+        window = ranges.band(seq_len_q, seq_len_k)
+        if documents is not None and not all(len(starts) == 2 for starts in documents.starts):
+            window = None  # several documents: the varlen kernels
+        documents = None if window is not None else documents  # one document per row is plain (causal) attention
     return BlockMask(seq_len_q, seq_len_k, block_m, block_n, kv_full_num, kv_full_idx, kv_part_num, kv_part_idx,
                      tile_of32.contiguous(), q_full_num, q_full_idx, q_part_num, q_part_idx,
                      tile_of32.transpose(-1, -2).contiguous(), tiles_t.contiguous(), mask_mod, kind, info,
-                     documents=documents)
+                     documents=documents, window=window)
 
 
 class _Ranges:
@@ -324,6 +338,44 @@ class _Ranges:
         doc_last = torch.stack([torch.repeat_interleave(torch.tensor(s[1:]) - 1, torch.tensor(s[1:]) -
                                                         torch.tensor(s[:-1])) for s in starts]).to(last.device)
         return Documents(starts, causal=False) if bool((last == doc_last).all()) else None
+
+    def band(self, n_q, n_k) -> tuple[int, int] | None:
+        """(left, right), flash_attn's window convention (-1 = unbounded), if the mask (already known to have
+        ranges) is one band, the same for every batch and head: query i sees keys [i + a, i + c] clipped to
+        [0, Nk), for fixed offsets a <= c, and nothing where the clipped range is empty. Offsets come from the
+        rows the clipping does not touch; every row is then checked against them. None otherwise, or where
+        the band is not a window the kernels take (left or right < 0: a band that ends before the diagonal)."""
+        first, last = self.q_first[..., :n_q], self.q_last[..., :n_q]
+        if not (bool((first == first[:1, :1]).all()) and bool((last == last[:1, :1]).all())):
+            return None  # differs between batches or heads
+        first, last = first[0, 0], last[0, 0]
+        row = torch.arange(n_q, device=first.device)
+        seen = last >= first
+        if not bool(seen.any()):
+            return None  # nothing visible anywhere: the block walk skips it all
+
+        def offset(rows, values):
+            if not bool(rows.any()):
+                return None  # clipped on every row: unbounded on that side
+            values = values[rows]
+            return int(values[0]) if bool((values == values[0]).all()) else False
+
+        a = offset(seen & (first > 0), first - row)
+        c = offset(seen & (last < n_k - 1), last - row)
+        if a is False or c is False:
+            return None
+        want_first = row * 0 if a is None else (row + a).clamp_min(0)
+        want_last = row * 0 + n_k - 1 if c is None else (row + c).clamp_max(n_k - 1)
+        empty = want_first > want_last
+        match = torch.where(empty, ~seen, (first == want_first) & (last == want_last))
+        if not bool(match.all()):
+            return None
+        diagonal = n_k - n_q
+        left = -1 if a is None else diagonal - a
+        right = -1 if c is None else c - diagonal
+        if (a is not None and left < 0) or (c is not None and right < 0):
+            return None
+        return left, right
 
     def info(self, n_q, n_k) -> torch.Tensor:
         k_first = torch.where(self.k_count > 0, self.k_first, 0)

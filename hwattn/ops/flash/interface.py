@@ -146,7 +146,9 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
             sliding window, document, prefix-LM and Sparse Transformer patterns). Key blocks the mask
             leaves empty are never read, forward and backward, so cost follows the kept fraction. Built for
             (B or 1, Hq or 1, Nq, Nk) on q's device; excludes `causal=True` and `window` (put them in the
-            mask); combines with the score mods below.
+            mask); combines with the score mods below. A mask that is packed documents runs on the varlen
+            kernels, one that is a single band (causal, a sliding window) as that `window`: the same mask,
+            faster (`BlockMask.documents` / `BlockMask.window`; set them to None to walk the blocks).
         window: (left, right) sliding window, flash_attn's `window_size`: query i sees key j iff
             i + Nk - Nq - left <= j <= i + Nk - Nq + right; -1 = unbounded on that side; default None =
             (-1, -1), no window. With causal=True the right side is 0 (right must be 0 or -1). Key blocks
@@ -209,7 +211,11 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
             routed = _documents_on_varlen(q, k, v, block_mask.documents, softmax_scale, return_lse, mods)
             if routed is not None:
                 return routed
-        mask_tensors, mask_ints = block_mask.to_op_args()
+        if block_mask.window is not None:
+            # one band: the window kernels compute each block's key range, no lists to walk (same mask)
+            causal, kernel_window = resolve_window(block_mask.window, False, n_q + n_k)
+        else:
+            mask_tensors, mask_ints = block_mask.to_op_args()
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     out, lse2 = FlashAttentionFunction.apply(q, k, v, causal, softmax_scale, mask_tensors, mask_ints,
                                              mods.alibi_slopes, mods.softcap, mods.rel_bias,
