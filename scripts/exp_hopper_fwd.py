@@ -28,19 +28,37 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 
 @triton.jit
+def _scores(q, K, desc_k, kv_off, stride_n, start_n, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+            USE_TMA: tl.constexpr):
+    if USE_TMA:
+        kt = tl.trans(desc_k.load([start_n, 0]))
+    else:
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, HEAD_DIM)
+        kt = tl.load(K + kv_off + (start_n + offs_n)[None, :].to(tl.int64) * stride_n + offs_d[:, None])
+    return tl.dot(q, kt)
+
+
+@triton.jit
 def _inner(acc, l_i, m_i, q, K, V, desc_k, desc_v, kv_off, stride_n, lo, hi, start_m, qk_scale,
            HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-           USE_TMA: tl.constexpr, WS: tl.constexpr):
+           USE_TMA: tl.constexpr, WS: tl.constexpr, PRE_S: tl.constexpr = False):
+    """PRE_S: the next block's S = Q K^T is issued before this block's softmax (FA3's intra-warpgroup
+    overlap, by hand: the exponentials run while the tensor cores compute the next scores; the last
+    iteration recomputes the last block's scores, unused)."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     rows = start_m + tl.arange(0, BLOCK_M)
+    if PRE_S:
+        qk_next = _scores(q, K, desc_k, kv_off, stride_n, lo, HEAD_DIM, BLOCK_N, USE_TMA)
     for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
         start_n = tl.multiple_of(start_n, BLOCK_N)
-        if USE_TMA:
-            kt = tl.trans(desc_k.load([start_n, 0]))
+        if PRE_S:
+            qk = qk_next
+            nxt = tl.multiple_of(tl.minimum(start_n + BLOCK_N, hi - BLOCK_N), BLOCK_N)
+            qk_next = _scores(q, K, desc_k, kv_off, stride_n, nxt, HEAD_DIM, BLOCK_N, USE_TMA)
         else:
-            kt = tl.load(K + kv_off + (start_n + offs_n)[None, :].to(tl.int64) * stride_n + offs_d[:, None])
-        qk = tl.dot(q, kt)
+            qk = _scores(q, K, desc_k, kv_off, stride_n, start_n, HEAD_DIM, BLOCK_N, USE_TMA)
         if MASKED:
             qk = tl.where(rows[:, None] >= (start_n + offs_n)[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
@@ -60,7 +78,7 @@ def _inner(acc, l_i, m_i, q, K, V, desc_k, desc_v, kv_off, stride_n, lo, hi, sta
 @triton.jit
 def _exp_fwd(Q, K, V, O, n_ctx, num_heads, stride_b, stride_n, stride_h, qk_scale,
              CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-             USE_TMA: tl.constexpr, WS: tl.constexpr):
+             USE_TMA: tl.constexpr, WS: tl.constexpr, PRE_S: tl.constexpr = False):
     # square problems with n_ctx a multiple of BLOCK_M (the experiment's shapes), (B, N, H, D) contiguous
     pid_m = tl.program_id(0)
     if CAUSAL:
@@ -88,13 +106,14 @@ def _exp_fwd(Q, K, V, O, n_ctx, num_heads, stride_b, stride_n, stride_h, qk_scal
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     if CAUSAL:
-        acc, l_i, m_i = _inner(acc, l_i, m_i, q, K, V, desc_k, desc_v, off, stride_n, 0, start_m, start_m,
-                               qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, False, USE_TMA, WS)
+        if start_m > 0:  # (PRE_S reads the range's first block before its loop)
+            acc, l_i, m_i = _inner(acc, l_i, m_i, q, K, V, desc_k, desc_v, off, stride_n, 0, start_m, start_m,
+                                   qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, False, USE_TMA, WS, PRE_S)
         acc, l_i, m_i = _inner(acc, l_i, m_i, q, K, V, desc_k, desc_v, off, stride_n, start_m, start_m + BLOCK_M,
                                start_m, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, True, USE_TMA, False)
     else:
         acc, l_i, m_i = _inner(acc, l_i, m_i, q, K, V, desc_k, desc_v, off, stride_n, 0, n_ctx, start_m,
-                               qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, False, USE_TMA, WS)
+                               qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, False, USE_TMA, WS, PRE_S)
     out = (acc / l_i[:, None]).to(O.dtype.element_ty)
     if USE_TMA:
         desc_o = tl.make_tensor_descriptor(O + off, shape=[n_ctx, HEAD_DIM], strides=[stride_n, 1],
@@ -108,17 +127,20 @@ def _alloc(size, alignment, stream):
     return torch.empty(size, device="cuda" if torch.cuda.is_available() else "cpu", dtype=torch.int8)
 
 
-def run_variant(q, k, v, causal, use_tma, ws, block_m, block_n, warps, stages):
+def run_variant(q, k, v, causal, use_tma, ws, block_m, block_n, warps, stages, pre_s=False):
     B, N, H, D = q.shape
     o = torch.empty_like(q)
     grid = (N // block_m, B * H)
     kw = {} if os.environ.get("TRITON_INTERPRET") == "1" else dict(num_warps=warps, num_stages=stages)
     _exp_fwd[grid](q, k, v, o, N, H, q.stride(0), q.stride(1), q.stride(2), D ** -0.5 * 1.4426950408889634,
-                   CAUSAL=causal, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, USE_TMA=use_tma, WS=ws, **kw)
+                   CAUSAL=causal, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, USE_TMA=use_tma, WS=ws,
+                   PRE_S=pre_s, **kw)
     return o
 
 
-MODES = {"ptr": (False, False), "tma": (True, False), "ptr_ws": (False, True), "tma_ws": (True, True)}
+# (TMA, warp specialisation, next S before the softmax)
+MODES = {"ptr": (False, False, False), "tma": (True, False, False), "ptr_ws": (False, True, False),
+         "tma_ws": (True, True, False), "ptr_pre_s": (False, False, True), "tma_pre_s": (True, False, True)}
 # first the configs that matter most: 4 warps is where triton 3.6 specialises warps (docs/hopper.md)
 CONFIGS = [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 4, 4), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 4, 3)]
 
@@ -129,6 +151,7 @@ def main():
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--n", default="4096,16384")
     ap.add_argument("--configs", type=int, default=len(CONFIGS), help="time only the first K configs per variant")
+    ap.add_argument("--modes", default="", help="comma-separated subset of the variants (default: all)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     triton.set_allocator(_alloc)
@@ -140,8 +163,8 @@ def main():
         q, k, v = (torch.randn(1, 64, 2, 32, dtype=torch.float16) for _ in range(3))
         for causal in (False, True):
             ref = reference(q.double(), k.double(), v.double(), causal=causal)
-            for mode, (tma, ws) in MODES.items():
-                o = run_variant(q, k, v, causal, tma, ws, 32, 16, 4, 2)
+            for mode, (tma, ws, pre_s) in MODES.items():
+                o = run_variant(q, k, v, causal, tma, ws, 32, 16, 4, 2, pre_s)
                 print(f"smoke causal={causal} {mode}: rel err {rel_err(o, ref):.2e}")
         return
     from triton.testing import do_bench
@@ -182,10 +205,12 @@ def main():
                     with sdpa_kernel(be):
                         return F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal).transpose(1, 2)
                 rec(name, f)
-            for mode, (tma, ws) in MODES.items():
+            for mode, (tma, ws, pre_s) in MODES.items():
+                if a.modes and mode not in a.modes.split(","):
+                    continue
                 for bm, bn, w, s in CONFIGS[:a.configs]:
-                    rec(mode, lambda tma=tma, ws=ws, bm=bm, bn=bn, w=w, s=s: run_variant(q, k, v, causal, tma, ws, bm, bn, w, s),
-                        f"{bm}x{bn} w{w} s{s}")
+                    rec(mode, lambda tma=tma, ws=ws, bm=bm, bn=bn, w=w, s=s, pre_s=pre_s:
+                        run_variant(q, k, v, causal, tma, ws, bm, bn, w, s, pre_s), f"{bm}x{bn} w{w} s{s}")
         del q, k, v
         torch.cuda.empty_cache()
     with open(os.path.join(a.out, "exp_hopper_fwd.csv"), "w", newline="") as f:
