@@ -71,28 +71,11 @@ def main():
 
     n = a.n_long
     window = masks.and_masks(masks.causal(), masks.sliding_window(4096))
-    window_row = time_pair("sliding_window_4096_causal", n, window)
+    # a band: run as the window argument would be (`BlockMask.window`), then through the block walk
+    time_pair("sliding_window_4096_causal", n, window)
     time_pair("sliding_window_4096_causal_block_walk", n, window, flex_too=False, route=False)
     if a.tiles_too:  # the same mask through stored tiles (the path of masks without ranges)
         time_pair("sliding_window_4096_causal_tiles", n, window, flex_too=False, compute_partial=False)
-    # the same mask through the window argument (no block mask: key ranges computed in the kernel)
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(1, n, 16, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-    win = lambda: hwattn.flash_attention(q, k, v, causal=True, window=(4096, 0))
-    out = win()
-    do = torch.randn_like(out)
-    res = {"case": "sliding_window_4096_causal_window_arg", "n": n, "density": window_row["density"],
-           "hwattn_fwd_ms": bench(win),
-           "hwattn_bwd_ms": bench(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))}
-    for mode in ("split", "fused"):
-        os.environ["HWATTN_BWD"] = mode
-        res[f"hwattn_{mode}_bwd_ms"] = bench(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))
-        os.environ.pop("HWATTN_BWD")
-    ref = window_row
-    res["flex_fwd_ms"], res["flex_bwd_ms"] = ref.get("flex_fwd_ms"), ref.get("flex_bwd_ms")
-    rows.append(res)
-    print(res, flush=True)
-    del q, k, v, out, do
     g = torch.Generator().manual_seed(1)
     lengths = torch.randint(512, 8192, (64,), generator=g)
     doc_ids = torch.repeat_interleave(torch.arange(64), lengths)[:n]

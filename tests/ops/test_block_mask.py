@@ -241,12 +241,13 @@ def test_which_masks_are_bands():
     assert build(lambda b, h, q, kv: (kv <= q + 16) & (kv >= q + 9), n_k=80).window == (7, 0)
     assert build(masks.causal(offset=-24), n_k=40).window == (-1, 0)  # Nk < Nq: the first 24 rows see nothing
     docs = torch.repeat_interleave(torch.arange(3), torch.tensor([10, 30, 24]))[None].to(DEV)
-    not_bands = [masks.sliding_window(3, 5), masks.prefix_lm(12), masks.strided(4), masks.causal(offset=-4),
-                 lambda b, h, q, kv: kv >= q + 3, masks.and_masks(masks.causal(), masks.document(docs)),
-                 lambda b, h, q, kv: (kv <= q) & (kv >= q - 8 - 4 * h),  # heads differ
-                 lambda b, h, q, kv: (kv <= q) & (kv >= q - 8 - 4 * b)]  # batch rows differ
-    for i, m in enumerate(not_bands):
-        assert build(m, n_k=80 if i == 0 else 64, B=2, H=2).window is None, i
+    not_bands = [(masks.sliding_window(3, 5), 80),  # top-left band, Nk > Nq: ends before the diagonal
+                 (masks.prefix_lm(12), 64), (masks.strided(4), 64), (masks.causal(offset=-4), 64),
+                 (lambda b, h, q, kv: kv >= q + 3, 64), (masks.and_masks(masks.causal(), masks.document(docs)), 64),
+                 (lambda b, h, q, kv: (kv <= q) & (kv >= q - 8 - 4 * h), 64),  # heads differ
+                 (lambda b, h, q, kv: (kv <= q) & (kv >= q - 8 - 4 * b), 64)]  # batch rows differ
+    for i, (m, n_k) in enumerate(not_bands):
+        assert build(m, n_k=n_k, B=2, H=2).window is None, i
     assert build(masks.and_masks(masks.causal(), masks.document(docs))).documents is not None
 
 

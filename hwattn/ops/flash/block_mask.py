@@ -271,10 +271,10 @@ def create_block_mask(mask_mod, B: int | None, H: int | None, seq_len_q: int, se
     if ranges is not None and ranges.contiguous():
         kind, info = PARTIAL_RANGES.value, ranges.info(seq_len_q, seq_len_k)
         documents = ranges.documents(seq_len_q, seq_len_k)
-        window = ranges.band(seq_len_q, seq_len_k)
-        if documents is not None and not all(len(starts) == 2 for starts in documents.starts):
-            window = None  # several documents: the varlen kernels
-        documents = None if window is not None else documents  # one document per row is plain (causal) attention
+        # several documents in a row: the varlen kernels; one per row is plain (causal) attention, a band
+        if documents is None or all(len(starts) == 2 for starts in documents.starts):
+            window = ranges.band(seq_len_q, seq_len_k)
+            documents = None if window is not None else documents
     return BlockMask(seq_len_q, seq_len_k, block_m, block_n, kv_full_num, kv_full_idx, kv_part_num, kv_part_idx,
                      tile_of32.contiguous(), q_full_num, q_full_idx, q_part_num, q_part_idx,
                      tile_of32.transpose(-1, -2).contiguous(), tiles_t.contiguous(), mask_mod, kind, info,
