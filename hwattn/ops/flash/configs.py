@@ -5,7 +5,7 @@ import os
 
 import triton
 
-from ..._runtime import interpreting, launch_fewer_stages
+from ..._runtime import _FITTED, fitted_key, interpreting, launch_fewer_stages
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). Short lists on purpose: each entry is one more compile per
 # (head_dim, causal, dtype) and one more timing per shape bucket.
@@ -140,10 +140,12 @@ def fixed_config(kind: str, head_dim: int, dtype, mask_meta=None) -> dict:
 def launch_fixed(kernel, grid_of, args, meta, cfg: dict) -> None:
     """Launch with a fixed config; when the compiled kernel needs more shared memory than the GPU has (the
     score mods' extra tiles can push the tuned defaults over, e.g. 128x128 with 3 stages at D = 128), retry
-    with one pipeline stage less, then with half the key block, as the autotuner would skip such a config.
-    The interpreter never raises this (it compiles nothing)."""
+    with one pipeline stage less, then with half the key block, as the autotuner would skip such a config; the
+    config that fits is remembered per launch parameters (`_runtime.fitted_key`), so later calls go straight to
+    it. The interpreter never raises this (it compiles nothing)."""
     from triton.runtime.errors import OutOfResources
-    cfg = dict(cfg)
+    key = fitted_key(kernel, args, {**meta, **cfg})
+    cfg = dict(_FITTED.get(key, cfg))
     while True:
         try:
             launch_fewer_stages(kernel, grid_of(cfg), *args, **meta, **cfg)  # down to one stage first
@@ -157,3 +159,4 @@ def launch_fixed(kernel, grid_of, args, meta, cfg: dict) -> None:
             if "BLOCK_M2" in cfg and "BLOCK_N1" in n_keys:
                 cfg["BLOCK_M2"] = max(16, cfg["BLOCK_M2"] // 2)  # keep BLOCK_N1 == BLOCK_M2 (the pairing)
             cfg["num_stages"] = 2
+            _FITTED[key] = dict(cfg)

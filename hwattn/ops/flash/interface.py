@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from ..._checks import check_bool, check_same, check_scale, check_tensor
-from ..._runtime import check_kernel_device
+from ..._runtime import check_kernel_device, custom_op
 from .backward import flash_bwd
 from .block_mask import BlockMask
 from .common import LN2
@@ -21,7 +21,8 @@ MAX_HEAD_DIM = 256
 
 
 # The kernels are registered as custom ops so torch.compile treats them as opaque calls (no graph breaks,
-# no tracing into Triton launches); the autograd.Function below wires them together.
+# no tracing into Triton launches); plain eager calls skip the dispatcher (`_runtime.custom_op`). The
+# autograd.Function below wires them together.
 # Score mods cross the op boundary as plain arguments: optional tables, the softcap (0.0 = off) and the
 # resolved window ([] = none, else [left, right]).
 def _mods(alibi_slopes, softcap, rel_bias, window, rel_bias_grad=False):
@@ -29,7 +30,7 @@ def _mods(alibi_slopes, softcap, rel_bias, window, rel_bias_grad=False):
                      window=tuple(window) if window else None, rel_bias_grad=rel_bias_grad)
 
 
-@torch.library.custom_op("hwattn::flash_fwd", mutates_args=())
+@custom_op("hwattn::flash_fwd")
 def _flash_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, softmax_scale: float,
                   mask_tensors: list[torch.Tensor], mask_ints: list[int], alibi_slopes: Optional[torch.Tensor],
                   softcap: float, rel_bias: Optional[torch.Tensor], window: list[int]
@@ -38,13 +39,13 @@ def _flash_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
                      mods=_mods(alibi_slopes, softcap, rel_bias, window))
 
 
-@_flash_fwd_op.register_fake
+@_flash_fwd_op.op.register_fake
 def _(q, k, v, causal, softmax_scale, mask_tensors, mask_ints, alibi_slopes, softcap, rel_bias, window):
     B, n_q, n_heads, _ = q.shape
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((B, n_heads, n_q), dtype=torch.float32)
 
 
-@torch.library.custom_op("hwattn::flash_bwd", mutates_args=())
+@custom_op("hwattn::flash_bwd")
 def _flash_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
                   lse: torch.Tensor, causal: bool, softmax_scale: float, mask_tensors: list[torch.Tensor],
                   mask_ints: list[int], alibi_slopes: Optional[torch.Tensor], softcap: float,
@@ -57,7 +58,7 @@ def _flash_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
     return dq, dk, dv, q.new_empty(0, dtype=torch.float32) if drel_bias is None else drel_bias
 
 
-@_flash_bwd_op.register_fake
+@_flash_bwd_op.op.register_fake
 def _(do, q, k, v, o, lse, causal, softmax_scale, mask_tensors, mask_ints, alibi_slopes, softcap, rel_bias, window,
       rel_bias_grad):
     return (torch.empty_like(q, memory_format=torch.contiguous_format),

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from ..._checks import check_bool, check_same, check_scale, check_tensor
-from ..._runtime import check_kernel_device, interpreting
+from ..._runtime import check_kernel_device, custom_op, interpreting
 from .backward import _dkdv_dense, _dq_dense, backward_schedule
 from .common import LN2, LOG2E, q_ranges
 from .configs import _prune, autotune_enabled, configs, fixed_config, launch_fixed
@@ -503,7 +503,7 @@ def _mods(alibi_slopes, softcap, window):
 
 # Custom ops, as for the dense kernel: torch.compile sees opaque calls, not Triton launches. The score mods
 # cross as plain arguments: optional slopes, the softcap (0.0 = off), the resolved window ([] = none).
-@torch.library.custom_op("hwattn::flash_varlen_fwd", mutates_args=())
+@custom_op("hwattn::flash_varlen_fwd")
 def _varlen_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                    cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool,
                    softmax_scale: float, alibi_slopes: Optional[torch.Tensor], softcap: float, window: list[int],
@@ -512,14 +512,14 @@ def _varlen_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens
                       _mods(alibi_slopes, softcap, window), lengths_16)
 
 
-@_varlen_fwd_op.register_fake
+@_varlen_fwd_op.op.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale, alibi_slopes, softcap,
       window, lengths_16):
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32))
 
 
-@torch.library.custom_op("hwattn::flash_varlen_bwd", mutates_args=())
+@custom_op("hwattn::flash_varlen_bwd")
 def _varlen_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
                    lse: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, max_seqlen_q: int,
                    max_seqlen_k: int, causal: bool, softmax_scale: float, alibi_slopes: Optional[torch.Tensor],
@@ -529,7 +529,7 @@ def _varlen_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
                       softmax_scale, _mods(alibi_slopes, softcap, window), lengths_16, tuple(q_tail))
 
 
-@_varlen_bwd_op.register_fake
+@_varlen_bwd_op.op.register_fake
 def _(do, q, k, v, o, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale,
       alibi_slopes, softcap, window, lengths_16, q_tail):
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
