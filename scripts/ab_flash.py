@@ -4,7 +4,10 @@ package, e.g. `git archive <rev> | tar -x -C ROOT`) is timed in its own subproce
 table gives each one's TFLOP/s and its ratio to the first ROOT. What a kernel change moved, with nothing else
 changed (same GPU, same run, same launch configs).
 
-    python3 scripts/ab_flash.py --roots .snap_old,. --out $OUT [--autotune] [--n 4096,16384] [--d 128]
+    python3 scripts/ab_flash.py --roots .snap_old,. --out $OUT [--autotune] [--n 4096,16384] [--d 128] [--host]
+
+--host adds two rows: the host time per call (us) of a small causal fwd and fwd + bwd step (1 x 256 x 16 x 64,
+kernels of a few us, launches queued without a sync), the fastest of five 200-call loops.
 
 A root may carry environment settings for its run after a colon, e.g. `.:HWATTN_BWD=fused` (several: commas
 inside are not allowed, use `;`: `.:HWATTN_BWD=fused;HWATTN_FWD_SCHEDULE=persistent`).
@@ -21,7 +24,7 @@ import subprocess
 import sys
 
 
-def child(root, shapes, autotune):
+def child(root, shapes, autotune, host=False):
     sys.path.insert(0, os.path.abspath(root))
     os.environ["HWATTN_AUTOTUNE"] = "1" if autotune else "0"
     import torch
@@ -45,7 +48,35 @@ def child(root, shapes, autotune):
                      "fwd_tflops": flops / fwd_ms / 1e9, "bwd_tflops": 2.5 * flops / bwd_ms / 1e9})
         del q, k, v, do, o
         torch.cuda.empty_cache()
+    if host:
+        rows.extend(host_costs(flash_attention))
     print("ROWS " + json.dumps(rows), flush=True)
+
+
+def host_costs(flash_attention):
+    """Host time per call (us) at a shape whose kernels take a few microseconds: launches are queued with no
+    sync, so the loop runs at the speed of the Python and launch path (fwd, and fwd + bwd)."""
+    import time
+    import torch
+    rows = []
+    q, k, v = (torch.randn(1, 256, 16, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    do = torch.randn_like(q)
+    steps = {"host fwd": lambda: flash_attention(q, k, v, causal=True),
+             "host fwd+bwd": lambda: torch.autograd.grad(flash_attention(q, k, v, causal=True), (q, k, v), do)}
+    for name, step in steps.items():
+        for _ in range(20):
+            step()
+        torch.cuda.synchronize()
+        best = float("inf")
+        for _ in range(5):  # the fastest of five loops: a preempted loop is the machine, not the code
+            t0 = time.perf_counter()
+            for _ in range(200):
+                step()
+            best = min(best, (time.perf_counter() - t0) / 200 * 1e6)
+            torch.cuda.synchronize()
+        rows.append({"N": name, "D": 64, "causal": True, "fwd_ms": best / 1e3, "bwd_ms": best / 1e3,
+                     "fwd_tflops": best, "bwd_tflops": best})
+    return rows
 
 
 def main():
@@ -56,12 +87,14 @@ def main():
     ap.add_argument("--causal", default="0,1")
     ap.add_argument("--autotune", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT", "results/ab"))
+    ap.add_argument("--host", action="store_true",
+                    help="also the host time per call (us, in the TFLOP/s columns; x = vs first: >1 is less time)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     shapes = [(int(n), int(d), bool(int(c))) for d in args.d.split(",") for n in args.n.split(",")
               for c in args.causal.split(",")]
     if args.child:
-        return child(args.child, shapes, args.autotune)
+        return child(args.child, shapes, args.autotune, args.host)
     os.makedirs(args.out, exist_ok=True)
     results = {}
     roots = args.roots.split(",")
@@ -72,7 +105,8 @@ def main():
         env = dict(os.environ, PYTHONPATH="")
         env.update(kv.split("=", 1) for kv in settings.split(";") if kv)
         cmd = [sys.executable, os.path.abspath(__file__), "--child", path, "--roots", path, "--n", args.n,
-               "--d", args.d, "--causal", args.causal] + (["--autotune"] if args.autotune else [])
+               "--d", args.d, "--causal", args.causal] + (["--autotune"] if args.autotune else []) + \
+            (["--host"] if args.host else [])
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
         line = [x for x in r.stdout.splitlines() if x.startswith("ROWS ")]
         if r.returncode != 0 or not line:
