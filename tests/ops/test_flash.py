@@ -431,6 +431,21 @@ def test_gpu_bf16(d, causal, n_q, n_k):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("b,n_q,n_k,h_kv,group,d,causal", [
+    (2, 2048, 2048, 16, 1, 128, True), (1, 1000, 1000, 2, 4, 128, True), (2, 777, 1500, 4, 1, 64, True),
+    (2, 1500, 700, 1, 4, 128, True), (1, 3000, 3000, 4, 1, 128, False), (3, 333, 333, 2, 1, 256, True)])
+def test_gpu_persistent_schedule_bf16(monkeypatch, b, n_q, n_k, h_kv, group, d, causal):
+    """The persistent forward at the GPU's real tiles and program count: bit-equal to the grid schedule, and
+    against float64 (gradients: the same backward)."""
+    torch.manual_seed(3)
+    q, k, v = (x.cuda().detach().requires_grad_() for x in _inputs(b, n_q, n_k, h_kv, group, d, torch.bfloat16))
+    monkeypatch.setenv("HWATTN_FWD_SCHEDULE", "persistent")
+    out, _ = _check_against_reference(q, k, v, causal)
+    monkeypatch.setenv("HWATTN_FWD_SCHEDULE", "grid")
+    assert torch.equal(out, hwattn.flash_attention(q, k, v, causal=causal)), "same tiles, same sums: bit-equal"
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("n_q,n_k", [(1000, 1000), (513, 2049), (2049, 513)])

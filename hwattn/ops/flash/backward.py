@@ -623,7 +623,9 @@ def backward_schedule(causal: bool, block_mask, mods=None, windowed_fused: bool 
               matmuls instead of 7); dQ's summation order over key blocks then varies from run to run;
       auto (default): fused for dense causal attention, split otherwise (measured on an H200, 2026-12-01,
               docs/hopper.md: dense causal fused 1.00-1.04x the split speed, dense non-causal 0.88-0.92x;
-              re-timed 2026-12-02 after the wgmma fix, docs/flash_status.md: kept). Block masks, H200
+              re-timed 2026-12-02 after the wgmma fix, docs/flash_status.md: kept; ninth session, after dO V^T
+              moved before the exponentials: D = 128 with fixed configs fused 1.00-1.03x split non-causal, but
+              autotuned at D = 64 (what users get) 0.93-0.95x, so still split there). Block masks, H200
               2026-12-02 after the sparse walks became one loop: fused 1.02x split with the fixed configs, but
               0.98-1.00x with autotuning (the default), so split. A window argument (no block mask): fused,
               after its dK/dV loop's loads were fixed (`common.q_window_bounds`; H200 2026-12-02, window 4096 at
