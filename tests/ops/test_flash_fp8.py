@@ -65,7 +65,13 @@ def test_quantize_round_trip_within_e4m3_precision(dtype):
     # the naive float64 definition gives the same values
     n8, ndescale = naive.quantize(x)
     assert torch.allclose(ndescale, descale, rtol=1e-6)
-    assert (n8.float() != x8.float()).float().mean() < 1e-3  # ties may round apart between fp32 and fp64
+    # except at rounding ties: the kernel scales in fp32, the definition in fp64, so a value that sits on the
+    # midpoint of two e4m3 neighbours (frequent with bf16 inputs: ~0.01-0.2% of elements) may round either way
+    apart = n8.double() != x8.double()
+    scaled = (x64 * 448 / amax[:, None, :, None])[apart]
+    midpoint = (n8.double()[apart] + x8.double()[apart]) / 2
+    assert torch.all((scaled - midpoint).abs() <= 1e-6 * scaled.abs()), "values apart that are not ties"
+    assert apart.float().mean() < 1e-2
 
 
 def test_quantize_zero_head_granularity_and_layout():
