@@ -36,7 +36,7 @@ def env_choice(name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-# A launch that did not fit, per (kernel, launch parameters, first tensor's dtype): the parameters that did. A
+# A launch that did not fit, per (kernel, launch parameters, first tensor's dtype): the stage count that did. A
 # retry costs a failed module load (~1 ms a call on an H200), so each shape pays it once, not every call.
 _FITTED: dict = {}
 

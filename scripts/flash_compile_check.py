@@ -214,8 +214,9 @@ def ptxas_report(ptx: str):
     one before: on the H200 that cost the forward 8% (2026-12-01, docs/hopper.md)."""
     import subprocess
     import tempfile
-    import triton
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from sass_loops import ptxas_tools
+    ptxas = ptxas_tools()[0]
     with tempfile.TemporaryDirectory() as d:
         with open(os.path.join(d, "k.ptx"), "w") as f:
             f.write(ptx)

@@ -23,7 +23,8 @@ _LINE = re.compile(r"\s+/\*([0-9a-f]{4,})\*/")
 _PRED = re.compile(r"^\s+/\*[0-9a-f]+\*/\s+(@!?U?P\w+\s+)?")
 
 
-def _tools():
+def ptxas_tools():
+    """(ptxas, nvdisasm): Triton's own (its NVIDIA backend's bin/), or those in $PTXAS_DIR."""
     d = os.environ.get("PTXAS_DIR")
     if not d:
         import triton
@@ -32,7 +33,7 @@ def _tools():
 
 
 def sass(ptx: str) -> list[str]:
-    ptxas, nvdisasm = _tools()
+    ptxas, nvdisasm = ptxas_tools()
     cubin = ptx[:-4] + ".cubin"
     subprocess.run([ptxas, "-arch=sm_90a", ptx, "-o", cubin], check=True, capture_output=True)
     return subprocess.run([nvdisasm, "-c", cubin], check=True, capture_output=True, text=True).stdout.splitlines()

@@ -93,6 +93,18 @@ def test_launch_fixed_remembers_the_config_that_fit():
     assert cfg["BLOCK_N"] == 128  # the caller's config is not changed
 
 
+def test_launch_fixed_twice_when_fewer_stages_fit():
+    """A fixed config that fits with one stage less: the second launch goes straight to it (both memos)."""
+    from hwattn.ops.flash.configs import launch_fixed
+    k = _FakeKernel(2)
+    cfg = {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3}
+    launch_fixed(k, lambda c: (1,), ("x",), {"CAUSAL": True}, cfg)
+    assert [c[2] for c in k.calls] == [3, 2]
+    k.calls.clear()
+    launch_fixed(k, lambda c: (1,), ("x",), {"CAUSAL": True}, cfg)
+    assert [c[2] for c in k.calls] == [2]
+
+
 # a toy op: the eager path must skip the dispatcher, everything else must see the op
 _seen = []
 

@@ -45,7 +45,8 @@ def _check(mask_mod, B=1, H=2, H_kv=None, n_q=96, n_k=96, d=32, dtype=torch.floa
     ref = reference(*x64, mask=dense)
     ref_grads = torch.autograd.grad(ref, x64, do.double())
     # a band (causal, a window) runs as a window of the dense kernels; its block walk is checked too
-    for window in ([bm.window, None] if bm.window is not None else [None]):
+    band = bm.window
+    for window in ([band, None] if band is not None else [None]):
         bm.window = window
         out = hwattn.flash_attention(q, k, v, block_mask=bm)
         grads = torch.autograd.grad(out, (q, k, v), do)
@@ -54,6 +55,7 @@ def _check(mask_mod, B=1, H=2, H_kv=None, n_q=96, n_k=96, d=32, dtype=torch.floa
             if nan_in_skipped and name != "dq":
                 g, r = g[:, ~poison], r[:, ~poison]
             assert_rel_close(name, g, r, dtype)
+    bm.window = band  # the mask as built, for the caller
     return out, grads, bm
 
 

@@ -364,8 +364,8 @@ class _Ranges:
         c = offset(seen & (last < n_k - 1), last - row)
         if a is False or c is False:
             return None
-        want_first = row * 0 if a is None else (row + a).clamp_min(0)
-        want_last = row * 0 + n_k - 1 if c is None else (row + c).clamp_max(n_k - 1)
+        want_first = torch.zeros_like(row) if a is None else (row + a).clamp_min(0)
+        want_last = torch.full_like(row, n_k - 1) if c is None else (row + c).clamp_max(n_k - 1)
         empty = want_first > want_last
         match = torch.where(empty, ~seen, (first == want_first) & (last == want_last))
         if not bool(match.all()):

@@ -5,7 +5,7 @@ import os
 
 import triton
 
-from ..._runtime import _FITTED, fitted_key, interpreting, launch_fewer_stages
+from ..._runtime import fitted_key, interpreting, launch_fewer_stages
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). Short lists on purpose: each entry is one more compile per
 # (head_dim, causal, dtype) and one more timing per shape bucket.
@@ -137,6 +137,11 @@ def fixed_config(kind: str, head_dim: int, dtype, mask_meta=None) -> dict:
             "num_stages": stages}
 
 
+# A fixed config whose key block had to be halved to fit, per launch (`_runtime.fitted_key`): the config that
+# launched. The stage count that fits is launch_fewer_stages' own memo (stage counts, not configs: its own dict).
+_FITTED_CONFIGS: dict = {}
+
+
 def launch_fixed(kernel, grid_of, args, meta, cfg: dict) -> None:
     """Launch with a fixed config; when the compiled kernel needs more shared memory than the GPU has (the
     score mods' extra tiles can push the tuned defaults over, e.g. 128x128 with 3 stages at D = 128), retry
@@ -145,7 +150,7 @@ def launch_fixed(kernel, grid_of, args, meta, cfg: dict) -> None:
     it. The interpreter never raises this (it compiles nothing)."""
     from triton.runtime.errors import OutOfResources
     key = fitted_key(kernel, args, {**meta, **cfg})
-    cfg = dict(_FITTED.get(key, cfg))
+    cfg = dict(_FITTED_CONFIGS.get(key, cfg))
     while True:
         try:
             launch_fewer_stages(kernel, grid_of(cfg), *args, **meta, **cfg)  # down to one stage first
@@ -159,4 +164,4 @@ def launch_fixed(kernel, grid_of, args, meta, cfg: dict) -> None:
             if "BLOCK_M2" in cfg and "BLOCK_N1" in n_keys:
                 cfg["BLOCK_M2"] = max(16, cfg["BLOCK_M2"] // 2)  # keep BLOCK_N1 == BLOCK_M2 (the pairing)
             cfg["num_stages"] = 2
-            _FITTED[key] = dict(cfg)
+            _FITTED_CONFIGS[key] = dict(cfg)
