@@ -360,6 +360,29 @@ def test_auto_backward_schedule(monkeypatch):
     assert backward_schedule(False, bm, window) == "split" and backward_schedule(False, None, ScoreMods()) == "split"
 
 
+def test_split_backward_computes_delta_in_its_dq_programs(monkeypatch):
+    """The split backward launches no preprocess: its dQ programs run first and write delta for the dK/dV
+    pass (a wrong or missing delta would show in dK against float64); the one-launch and atomic backwards
+    keep the preprocess launch."""
+    from hwattn.ops.flash import backward
+    launched = []
+
+    class Spy:
+        def __getitem__(self, grid):
+            launched.append(grid)
+            return backward.__dict__["_real_preprocess"][grid]
+
+    monkeypatch.setitem(backward.__dict__, "_real_preprocess", backward._bwd_preprocess)
+    monkeypatch.setattr(backward, "_bwd_preprocess", Spy())
+    for schedule, n_q, n_k, causal, preprocess in (("split", 70, 50, False, False), ("split", 33, 70, True, False),
+                                                    ("fused", 70, 70, True, True), ("atomic", 40, 40, True, True)):
+        monkeypatch.setenv("HWATTN_BWD", schedule)
+        launched.clear()
+        q, k, v = _inputs(2, n_q, n_k, 2, 2, 32, torch.float32)
+        _check_against_reference(q, k, v, causal)
+        assert bool(launched) == preprocess, (schedule, n_q, n_k, causal)
+
+
 def test_bad_backward_schedule_is_refused(monkeypatch):
     monkeypatch.setenv("HWATTN_BWD", "atomics")
     q, k, v = _inputs(1, 8, 8, 1, 1, 16, torch.float32)

@@ -1,8 +1,14 @@
 """Backward kernels: recompute P from the saved LSE instead of storing it (FlashAttention-2).
 
-    delta = rowsum(dO * O)                  (preprocess, one pass)
+    delta = rowsum(dO * O)                  (per query row, before any dK/dV step reads it)
     dV = P^T dO,  dS = P * (dO V^T - delta),  dK = scale * dS^T Q    (parallel over key blocks)
     dQ = scale * dS K                                               (parallel over query blocks)
+
+The split schedule needs no pass for delta: its dQ programs run first and each computes its block's delta from
+O and the dO tile it loads anyway, for the dK/dV programs after it (H200: the pass read O and dO once, 36 us
+of 1.8 ms at N = 2048). The one-launch and atomic schedules keep the preprocess launch: their dK/dV programs
+read every query block's delta from the start (docs/flash_status.md has the flag-passing variant that was
+measured slower).
 
 dQ gets its own pass instead of atomic adds: results are deterministic run to run, at the price of
 recomputing QK^T and dO V^T once more (7 block matmuls instead of 5).
@@ -39,10 +45,17 @@ def _bwd_preprocess(O, DO, DELTA, stride_ob, stride_om, stride_oh, stride_dob, s
     mask = (rows[:, None] < n_q) & (offs_d[None, :] < HEAD_DIM)
     rows64 = rows.to(tl.int64)
     o = tl.load(O + b.to(tl.int64) * stride_ob + h * stride_oh + rows64[:, None] * stride_om + offs_d[None, :],
-                mask=mask, other=0.0).to(tl.float32)
+                mask=mask, other=0.0)
     do = tl.load(DO + b.to(tl.int64) * stride_dob + h * stride_doh + rows64[:, None] * stride_dom + offs_d[None, :],
-                 mask=mask, other=0.0).to(tl.float32)
-    tl.store(DELTA + pid_bh.to(tl.int64) * n_q + rows, tl.sum(o * do, 1), mask=rows < n_q)
+                 mask=mask, other=0.0)
+    tl.store(DELTA + pid_bh.to(tl.int64) * n_q + rows, _row_delta(o, do), mask=rows < n_q)
+
+
+@triton.jit
+def _row_delta(o, do):
+    """delta = rowsum(dO * O) of a query block in fp32: one definition for the preprocess and the dQ programs,
+    so the schedules that compute it in either place give the same bits."""
+    return tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
 
 
 @triton.jit
@@ -62,7 +75,8 @@ def _dkdv_step(dk, dv, k, v, qt_ptrs, do_ptrs, lse_ptrs, delta_ptrs, rows, cols,
     row_ok = rows < n_q
     # rows past n_q load q = dO = 0 and lse = +inf, so their P and dS are exactly 0
     qt = tl.load(qt_ptrs, mask=row_ok[None, :] & d_ok[:, None], other=0.0)
-    lse = tl.load(lse_ptrs, mask=row_ok, other=float("inf"))
+    if BLOCK_D < 128:
+        lse = tl.load(lse_ptrs, mask=row_ok, other=float("inf"))
     qkt = tl.dot(k, qt, input_precision=DOT_PRECISION)
     # dO V^T does not need P: issued before the exp2, ptxas runs its wgmmas under the exponentials (SASS, sm_90,
     # triton 3.6: the MUFU.EX2s interleave with its HGMMAs) and needs fewer registers across the step (window
@@ -74,6 +88,11 @@ def _dkdv_step(dk, dv, k, v, qt_ptrs, do_ptrs, lse_ptrs, delta_ptrs, rows, cols,
         qkt, dcap = modded_scores(qkt, qk_scale, rows[None, :], cols[:, None], n_q, n_k, softcap_log2, alibi_slope,
                                   rel_bias_row, SOFTCAP, ALIBI, REL_BIAS)
         qk_scale = 1.0
+    if BLOCK_D >= 128:
+        # the LSE read where it is used, as delta is below: loaded with q^T it stays in registers across the
+        # wgmmas (ptxas, sm_90, triton 3.6, D = 128: causal dK/dV spills 76 -> 0 B, window 112 -> 8, one-launch
+        # causal 60 -> 48; H200 2026-12-03: causal backward +3-4%). At D = 64 the early read is 1-3% faster
+        lse = tl.load(lse_ptrs, mask=row_ok, other=float("inf"))
     pt = tl.math.exp2(qkt * qk_scale - lse[None, :])
     if MASKED:
         if CAUSAL and not (WINDOW or ATOMIC_DQ):
@@ -456,7 +475,7 @@ def _dq_dense(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, rows,
 
 
 @triton.jit
-def _dq_program(pid_m, pid_bh, Q, K, V, DO, LSE, DELTA, DQ,
+def _dq_program(pid_m, pid_bh, Q, K, V, DO, LSE, DELTA, DQ, O, stride_ob, stride_om, stride_oh,
                    stride_qb, stride_qm, stride_qh, stride_kb, stride_kn, stride_kh,
                    stride_vb, stride_vn, stride_vh, stride_dob, stride_dom, stride_doh,
                    stride_dqb, stride_dqm, stride_dqh,
@@ -469,8 +488,9 @@ def _dq_program(pid_m, pid_bh, Q, K, V, DO, LSE, DELTA, DQ,
                    PARTIAL_KIND: tl.constexpr,
                    SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, DBIAS,
                    WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,
-                   REL_BIAS_GRAD: tl.constexpr):
-    """dQ of query block pid_m of query head pid_bh (= b * Hq + h)."""
+                   REL_BIAS_GRAD: tl.constexpr, DELTA_FROM_O: tl.constexpr):
+    """dQ of query block pid_m of query head pid_bh (= b * Hq + h); with DELTA_FROM_O it also computes this
+    block's delta from O and the dO tile it loads anyway, and stores it for the dK/dV pass that follows."""
     if HAS_MASK:
         tl.static_assert((MASK_BLOCK_M % BLOCK_M == 0) and (MASK_BLOCK_N % BLOCK_N == 0))
     b = pid_bh // num_heads
@@ -488,7 +508,13 @@ def _dq_program(pid_m, pid_bh, Q, K, V, DO, LSE, DELTA, DQ,
                  + offs_m[:, None] * stride_dom + offs_d[None, :], mask=mask, other=0.0)
     row_base = pid_bh.to(tl.int64) * n_q
     lse = tl.load(LSE + row_base + rows, mask=row_ok, other=float("inf"))
-    delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
+    if DELTA_FROM_O:
+        o = tl.load(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + start_m.to(tl.int64) * stride_om
+                    + offs_m[:, None] * stride_om + offs_d[None, :], mask=mask, other=0.0)
+        delta = _row_delta(o, do)
+        tl.store(DELTA + row_base + rows, delta, mask=row_ok)
+    else:
+        delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
     k_base = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
     v_base = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -526,7 +552,7 @@ def _dq_program(pid_m, pid_bh, Q, K, V, DO, LSE, DELTA, DQ,
 
 
 @triton.jit
-def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
+def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, O, stride_ob, stride_om, stride_oh,
                    stride_qb, stride_qm, stride_qh, stride_kb, stride_kn, stride_kh,
                    stride_vb, stride_vn, stride_vh, stride_dob, stride_dom, stride_doh,
                    stride_dqb, stride_dqm, stride_dqh,
@@ -539,7 +565,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
                    PARTIAL_KIND: tl.constexpr,
                    SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, DBIAS,
                    WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,
-                   REL_BIAS_GRAD: tl.constexpr):
+                   REL_BIAS_GRAD: tl.constexpr, DELTA_FROM_O: tl.constexpr):
     pid_m = tl.program_id(0)
     if CAUSAL:
         pid_m = tl.cdiv(n_q, BLOCK_M) - 1 - pid_m  # the last query blocks see the most keys: first
@@ -547,13 +573,13 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
         pid_m = _in_launch_order(pid_m, BLOCK_ORDER, MASK_BLOCK_M // BLOCK_M)
         if pid_m * BLOCK_M >= n_q:
             return
-    _dq_program(pid_m, tl.program_id(1), Q, K, V, DO, LSE, DELTA, DQ, stride_qb, stride_qm, stride_qh, stride_kb,
+    _dq_program(pid_m, tl.program_id(1), Q, K, V, DO, LSE, DELTA, DQ, O, stride_ob, stride_om, stride_oh, stride_qb, stride_qm, stride_qh, stride_kb,
                 stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_dob, stride_dom, stride_doh, stride_dqb,
                 stride_dqm, stride_dqh, n_q, n_k, num_heads, group_size, qk_scale, softmax_scale, seq_bucket, FULL_NUM,
                 FULL_IDX, PART_NUM, PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_rows, n_mask_cols, CAUSAL,
                 HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N, PARTIAL_KIND,
                 SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, DBIAS, WINDOW,
-                SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD)
+                SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD, DELTA_FROM_O)
 
 
 @triton.jit
@@ -595,14 +621,14 @@ def _bwd_fused_kernel(Q, K, V, DO, LSE, DELTA, DQ, DK, DV,
         b = pid_kv // num_kv_heads
         h_first = (pid_kv % num_kv_heads) * group_size
         for g in range(0, group_size):
-            _dq_program(j, b * num_heads + h_first + g, Q, K, V, DO, LSE, DELTA, DQ, stride_qb, stride_qm,
+            _dq_program(j, b * num_heads + h_first + g, Q, K, V, DO, LSE, DELTA, DQ, DQ, 0, 0, 0, stride_qb, stride_qm,
                         stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_dob,
                         stride_dom, stride_doh, stride_dqb, stride_dqm, stride_dqh, n_q, n_k, num_heads, group_size,
                         qk_scale, softmax_scale, seq_bucket, FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_TILE, TILES,
                         mask_b, mask_h, n_mask_rows, n_mask_cols, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_M2, BLOCK_N2,
                         DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N, PARTIAL_KIND, SLOPES, stride_slopes_b,
                         softcap_log2, BIAS, stride_bias_h, window_left, window_right, DBIAS, WINDOW, SOFTCAP, ALIBI,
-                        REL_BIAS, REL_BIAS_GRAD)
+                        REL_BIAS, REL_BIAS_GRAD, False)
 
 
 _dkdv_autotuned = None if interpreting() else autotuned(_bwd_dkdv_kernel, lambda: configs("dkdv"))
@@ -661,11 +687,6 @@ def flash_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, block_mas
     B, n_q, n_heads, head_dim = q.shape
     n_k, n_kv_heads = k.shape[1], k.shape[2]
     block_d = max(16, triton.next_power_of_2(head_dim))
-    delta = torch.empty_like(lse)
-    pre_block = 64
-    _bwd_preprocess[(triton.cdiv(n_q, pre_block), B * n_heads)](
-        o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2),
-        n_q, n_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block)
 
     dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     dk = torch.empty(k.shape, device=k.device, dtype=k.dtype)
@@ -683,6 +704,13 @@ def flash_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, block_mas
     drel_bias = torch.zeros_like(mods.rel_bias) if mods is not None and mods.rel_bias_grad else None
     sizes = (n_q, n_k, n_heads, n_kv_heads, n_heads // n_kv_heads, qk_scale, softmax_scale, bucket)
     schedule = backward_schedule(causal, block_mask, mods)
+    # delta = rowsum(dO * O), (B, Hq, Nq) fp32: the split schedule's dQ programs write it, the others read it
+    delta = torch.empty((B, n_heads, n_q), device=q.device, dtype=torch.float32)
+    if schedule != "split":
+        pre_block = 64
+        _bwd_preprocess[(triton.cdiv(n_q, pre_block), B * n_heads)](
+            o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2),
+            n_q, n_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block)
     if schedule == "fused":
         args = (q, k, v, do, lse, delta, dq, dk, dv, *common, dq.stride(0), dq.stride(1), dq.stride(2),
                 dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), *sizes,
@@ -693,15 +721,24 @@ def flash_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, block_mas
         return dq, dk, dv, drel_bias
 
     atomic = schedule == "atomic"
-    # the atomic schedule's dQ: fp32, zeroed, (B, Nq, Hq, D) contiguous; otherwise a placeholder never touched
-    dq_acc = torch.zeros(q.shape, device=q.device, dtype=torch.float32) if atomic else dq
-    dkdv_args = (q, k, v, do, lse, delta, dk, dv, dq_acc, dq_acc.stride(0), dq_acc.stride(1), dq_acc.stride(2),
-                 *common, dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), *sizes)
     # under a block mask programs walk whole mask blocks in launch_order; those past the end return at once
     blocks_k = (lambda cfg: triton.cdiv(n_k, cfg["BLOCK_N"])) if block_mask is None else \
         (lambda cfg: block_mask.key_block_order.numel() * (block_mask.block_n // cfg["BLOCK_N"]))
     blocks_q = (lambda cfg: triton.cdiv(n_q, cfg["BLOCK_M"])) if block_mask is None else \
         (lambda cfg: block_mask.query_block_order.numel() * (block_mask.block_m // cfg["BLOCK_M"]))
+    if not atomic:
+        # dQ first: its programs write delta (every query block has one: the grid covers them all)
+        dq_args = (q, k, v, do, lse, delta, dq, o, o.stride(0), o.stride(1), o.stride(2), *common, dq.stride(0),
+                   dq.stride(1), dq.stride(2), n_q, n_k, n_heads, n_heads // n_kv_heads, qk_scale, softmax_scale,
+                   bucket)
+        _launch(_bwd_dq_kernel, _dq_autotuned, "dq",
+                lambda cfg: (blocks_q(cfg), B * n_heads), dq_args + by_query_args + (launch_order(block_mask, q.device),),
+                {**meta, **score_mod_kwargs(mods, q.device, drel_bias, with_grad_args=True), "DELTA_FROM_O": True},
+                head_dim, q.dtype)
+    # the atomic schedule's dQ: fp32, zeroed, (B, Nq, Hq, D) contiguous; otherwise a placeholder never touched
+    dq_acc = torch.zeros(q.shape, device=q.device, dtype=torch.float32) if atomic else dq
+    dkdv_args = (q, k, v, do, lse, delta, dk, dv, dq_acc, dq_acc.stride(0), dq_acc.stride(1), dq_acc.stride(2),
+                 *common, dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), *sizes)
     _launch(_bwd_dkdv_kernel, _dkdv_atomic_autotuned if atomic else _dkdv_autotuned,
             "dkdv_atomic" if atomic else "dkdv",
             lambda cfg: (blocks_k(cfg), B * n_kv_heads),
@@ -709,10 +746,4 @@ def flash_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, block_mas
             {**meta, **score_mod_kwargs(mods, q.device), "ATOMIC_DQ": atomic}, head_dim, q.dtype)
     if atomic:
         dq.copy_(dq_acc)
-        return dq, dk, dv, drel_bias
-    dq_args = (q, k, v, do, lse, delta, dq, *common, dq.stride(0), dq.stride(1), dq.stride(2),
-               n_q, n_k, n_heads, n_heads // n_kv_heads, qk_scale, softmax_scale, bucket)
-    _launch(_bwd_dq_kernel, _dq_autotuned, "dq",
-            lambda cfg: (blocks_q(cfg), B * n_heads), dq_args + by_query_args + (launch_order(block_mask, q.device),),
-            {**meta, **score_mod_kwargs(mods, q.device, drel_bias, with_grad_args=True)}, head_dim, q.dtype)
     return dq, dk, dv, drel_bias
