@@ -88,11 +88,16 @@ def _dkdv_step(dk, dv, k, v, qt_ptrs, do_ptrs, lse_ptrs, delta_ptrs, rows, cols,
         qkt, dcap = modded_scores(qkt, qk_scale, rows[None, :], cols[:, None], n_q, n_k, softcap_log2, alibi_slope,
                                   rel_bias_row, SOFTCAP, ALIBI, REL_BIAS)
         qk_scale = 1.0
+    # Where the LSE and delta are read decides ptxas's spills in this loop, and the spills its speed (H200,
+    # 2026-12-03, docs/flash_status.md). At D >= 128 the LSE is read here, where it is used (loaded with q^T
+    # it stays in registers across the wgmmas; sm_90, triton 3.6: causal dK/dV spills 76 -> 0 B, one-launch
+    # causal 60 -> 48; causal backward +3-4%), and without a window delta with it (one-launch causal 48 -> 0 B,
+    # varlen causal 296 -> 168; with a window this raised them, 20 -> 72). At D = 64 the early LSE read was
+    # 1-3% faster.
     if BLOCK_D >= 128:
-        # the LSE read where it is used, as delta is below: loaded with q^T it stays in registers across the
-        # wgmmas (ptxas, sm_90, triton 3.6, D = 128: causal dK/dV spills 76 -> 0 B, window 112 -> 8, one-launch
-        # causal 60 -> 48; H200 2026-12-03: causal backward +3-4%). At D = 64 the early read is 1-3% faster
         lse = tl.load(lse_ptrs, mask=row_ok, other=float("inf"))
+        if not WINDOW:
+            delta = tl.load(delta_ptrs, mask=row_ok, other=0.0)
     pt = tl.math.exp2(qkt * qk_scale - lse[None, :])
     if MASKED:
         if CAUSAL and not (WINDOW or ATOMIC_DQ):
@@ -107,7 +112,8 @@ def _dkdv_step(dk, dv, k, v, qt_ptrs, do_ptrs, lse_ptrs, delta_ptrs, rows, cols,
                                        PARTIAL_MASK, True)
         pt = tl.where(keep, pt, 0.0)
     dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
-    delta = tl.load(delta_ptrs, mask=row_ok, other=0.0)
+    if (BLOCK_D < 128) or WINDOW:
+        delta = tl.load(delta_ptrs, mask=row_ok, other=0.0)
     dst = pt * (dpt - delta[None, :])
     if SOFTCAP:
         dst = dst * dcap  # chain rule through softcap * tanh(s / softcap)
