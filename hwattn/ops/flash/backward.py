@@ -579,13 +579,13 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, O, stride_ob, stride_om, stride_
         pid_m = _in_launch_order(pid_m, BLOCK_ORDER, MASK_BLOCK_M // BLOCK_M)
         if pid_m * BLOCK_M >= n_q:
             return
-    _dq_program(pid_m, tl.program_id(1), Q, K, V, DO, LSE, DELTA, DQ, O, stride_ob, stride_om, stride_oh, stride_qb, stride_qm, stride_qh, stride_kb,
-                stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_dob, stride_dom, stride_doh, stride_dqb,
-                stride_dqm, stride_dqh, n_q, n_k, num_heads, group_size, qk_scale, softmax_scale, seq_bucket, FULL_NUM,
-                FULL_IDX, PART_NUM, PART_IDX, PART_TILE, TILES, mask_b, mask_h, n_mask_rows, n_mask_cols, CAUSAL,
-                HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N, PARTIAL_KIND,
-                SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, DBIAS, WINDOW,
-                SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD, DELTA_FROM_O)
+    _dq_program(pid_m, tl.program_id(1), Q, K, V, DO, LSE, DELTA, DQ, O, stride_ob, stride_om, stride_oh, stride_qb,
+                stride_qm, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_dob,
+                stride_dom, stride_doh, stride_dqb, stride_dqm, stride_dqh, n_q, n_k, num_heads, group_size, qk_scale,
+                softmax_scale, seq_bucket, FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_TILE, TILES, mask_b, mask_h,
+                n_mask_rows, n_mask_cols, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, DOT_PRECISION, HAS_MASK,
+                MASK_BLOCK_M, MASK_BLOCK_N, PARTIAL_KIND, SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h,
+                window_left, window_right, DBIAS, WINDOW, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD, DELTA_FROM_O)
 
 
 @triton.jit
@@ -627,6 +627,7 @@ def _bwd_fused_kernel(Q, K, V, DO, LSE, DELTA, DQ, DK, DV,
         b = pid_kv // num_kv_heads
         h_first = (pid_kv % num_kv_heads) * group_size
         for g in range(0, group_size):
+            # delta comes from the preprocess here (DELTA_FROM_O off: the O arguments are placeholders)
             _dq_program(j, b * num_heads + h_first + g, Q, K, V, DO, LSE, DELTA, DQ, DQ, 0, 0, 0, stride_qb, stride_qm,
                         stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_dob,
                         stride_dom, stride_doh, stride_dqb, stride_dqm, stride_dqh, n_q, n_k, num_heads, group_size,
@@ -737,8 +738,8 @@ def flash_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, block_mas
         dq_args = (q, k, v, do, lse, delta, dq, o, o.stride(0), o.stride(1), o.stride(2), *common, dq.stride(0),
                    dq.stride(1), dq.stride(2), n_q, n_k, n_heads, n_heads // n_kv_heads, qk_scale, softmax_scale,
                    bucket)
-        _launch(_bwd_dq_kernel, _dq_autotuned, "dq",
-                lambda cfg: (blocks_q(cfg), B * n_heads), dq_args + by_query_args + (launch_order(block_mask, q.device),),
+        _launch(_bwd_dq_kernel, _dq_autotuned, "dq", lambda cfg: (blocks_q(cfg), B * n_heads),
+                dq_args + by_query_args + (launch_order(block_mask, q.device),),
                 {**meta, **score_mod_kwargs(mods, q.device, drel_bias, with_grad_args=True), "DELTA_FROM_O": True},
                 head_dim, q.dtype)
     # the atomic schedule's dQ: fp32, zeroed, (B, Nq, Hq, D) contiguous; otherwise a placeholder never touched
