@@ -51,8 +51,32 @@ def _check_against_reference(q, k, v, causal, softmax_scale=None, bound_scale=1.
     if finite.any():
         assert_rel_close("lse", lse[finite], ref_lse[finite], dtype, 1e-5)
     for name, got, want in (("dq", dq, rq), ("dk", dk, rk), ("dv", dv, rv)):
-        assert_rel_close(name, got, want, dtype, bound)
+        if name != "dv" and want.norm() == 0:
+            # every row sees at most one key: dS = P (dO V^T - delta) is exactly 0 and dQ, dK are the rounding of
+            # two equal terms, dO . v_j and rowsum(dO * O); measured against the size of those terms, not as an
+            # absolute norm (which, at D = 128 in fp32, crossed 1e-5 now and then)
+            assert_rel_close(name, got, want, dtype, bound * _cancelling_term_norm(name, q64, k64, v64, do, causal,
+                                                                                  softmax_scale))
+        else:
+            assert_rel_close(name, got, want, dtype, bound)
     return out, (dq, dk, dv)
+
+
+def _cancelling_term_norm(name, q, k, v, do, causal, softmax_scale):
+    """||scale (P * dO V^T) K|| (dq) or ||scale (P * dO V^T)^T Q|| (dk), float64: the gradient without its delta
+    term, whose size sets the rounding of a dQ / dK that cancels to zero. (B, N, H, D) inputs, GQA repeated."""
+    group = q.shape[2] // k.shape[2]
+    qh, kh, vh = (x.detach().double().transpose(1, 2) for x in (q, k, v))
+    kh, vh = kh.repeat_interleave(group, 1), vh.repeat_interleave(group, 1)
+    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+    s = scale * qh @ kh.transpose(-1, -2)
+    if causal:
+        n_q, n_k = q.shape[1], k.shape[1]
+        keep = torch.arange(n_k)[None, :] <= torch.arange(n_q)[:, None] + (n_k - n_q)
+        s = s.masked_fill(~keep, float("-inf"))
+    p = torch.nan_to_num(torch.softmax(s, -1), nan=0.0)  # rows without keys: 0
+    pdp = p * (do.double().transpose(1, 2) @ vh.transpose(-1, -2))
+    return float(((pdp @ kh) if name == "dq" else (pdp.transpose(-1, -2) @ qh)).norm() * scale)
 
 
 @pytest.mark.parametrize("n_q,n_k,d,group,causal,dtype", list(_cases()))
