@@ -370,8 +370,9 @@ def test_fused_backward_matches_split(monkeypatch, case):
 
 
 def test_auto_backward_schedule(monkeypatch):
-    """HWATTN_BWD=auto: one launch for dense causal attention and for a window argument (measured faster on
-    an H200), two otherwise, and under a block mask; the varlen kernels keep two launches with a window."""
+    """HWATTN_BWD=auto: one launch for dense causal attention, for a window argument and for plain dense
+    attention with 64 < head_dim <= 128 (measured faster on an H200), two otherwise, and under a block mask; the
+    varlen kernels keep two launches with a window."""
     from hwattn.ops.flash.backward import backward_schedule
     from hwattn.ops.flash.score_mods import ScoreMods
     from hwattn import masks
@@ -382,6 +383,11 @@ def test_auto_backward_schedule(monkeypatch):
     assert backward_schedule(False, None, window) == "fused"
     assert backward_schedule(False, None, window, windowed_fused=False) == "split"
     assert backward_schedule(False, bm, window) == "split" and backward_schedule(False, None, ScoreMods()) == "split"
+    # plain non-causal attention with one 128-wide head tile: one launch; D = 64, score mods, masks: two
+    for head_dim, schedule in ((128, "fused"), (96, "fused"), (65, "fused"), (64, "split"), (256, "split")):
+        assert backward_schedule(False, None, head_dim=head_dim) == schedule, head_dim
+    assert backward_schedule(False, None, ScoreMods(softcap=2.0), head_dim=128) == "split"
+    assert backward_schedule(False, bm, head_dim=128) == "split"
 
 
 def test_split_backward_computes_delta_in_its_dq_programs(monkeypatch):

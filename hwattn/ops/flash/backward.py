@@ -648,7 +648,7 @@ _fused_autotuned = None if interpreting() else autotuned(_bwd_fused_kernel, lamb
 BACKWARD_SCHEDULES = ("auto", "fused", "split", "atomic")
 
 
-def backward_schedule(causal: bool, block_mask, mods=None, windowed_fused: bool = True) -> str:
+def backward_schedule(causal: bool, block_mask, mods=None, windowed_fused: bool = True, head_dim=None) -> str:
     """Which backward launch shape, from HWATTN_BWD:
       fused:  one launch (_bwd_fused_kernel): program j does key block j's dK/dV, then query block j's dQ;
       split:  dK/dV, then dQ (two launches, each with its own tuned tiles);
@@ -663,7 +663,11 @@ def backward_schedule(causal: bool, block_mask, mods=None, windowed_fused: bool 
               0.98-1.00x with autotuning (the default), so split. A window argument (no block mask): fused,
               after its dK/dV loop's loads were fixed (`common.q_window_bounds`; H200 2026-12-02, window 4096 at
               N = 32768: fused 6.70-6.75 ms kernel against split 7.04-7.12, 6.91 vs 7.33 in gpu_masks.py) unless
-              windowed_fused is False (the varlen kernels: not measured there).
+              windowed_fused is False (the varlen kernels: not measured there). Plain dense non-causal attention
+              with 64 < head_dim <= 128 (one 128-wide head tile; head_dim given): fused since 2026-12-03 (H200,
+              D = 128, autotuned, three rounds, the same run as FlexAttention: 388 / 413 / 412 / 422 TFLOP/s
+              against split's 377 / 397 / 404 / 409 at N = 2048 .. 16384; D = 64 stays split, 0.93-0.95x there
+              in the ninth session; D = 80 / 96 share D = 128's tiles and were not timed).
     The atomic schedule is opt-in and never taken under torch.use_deterministic_algorithms(True) (it falls back
     to split, with a warning) nor with a learnable rel_bias, whose gradient the dQ pass sums."""
     mode = env_choice("HWATTN_BWD", BACKWARD_SCHEDULES)
@@ -677,7 +681,9 @@ def backward_schedule(causal: bool, block_mask, mods=None, windowed_fused: bool 
         return "atomic"
     if mode == "auto":
         windowed = windowed_fused and mods is not None and mods.window is not None
-        return "fused" if (causal or windowed) and block_mask is None else "split"
+        plain = mods is None or (mods.alibi_slopes is None and mods.softcap == 0 and mods.rel_bias is None)
+        wide = head_dim is not None and 64 < head_dim <= 128 and plain
+        return "fused" if (causal or windowed or wide) and block_mask is None else "split"
     return mode
 
 
@@ -710,7 +716,7 @@ def flash_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, block_mas
     # d rel_bias is summed with atomics in the dQ pass (zeroed here; autotuning re-zeroes it per trial)
     drel_bias = torch.zeros_like(mods.rel_bias) if mods is not None and mods.rel_bias_grad else None
     sizes = (n_q, n_k, n_heads, n_kv_heads, n_heads // n_kv_heads, qk_scale, softmax_scale, bucket)
-    schedule = backward_schedule(causal, block_mask, mods)
+    schedule = backward_schedule(causal, block_mask, mods, head_dim=head_dim)
     # delta = rowsum(dO * O), (B, Hq, Nq) fp32: the split schedule's dQ programs write it, the others read it
     delta = torch.empty((B, n_heads, n_q), device=q.device, dtype=torch.float32)
     if schedule != "split":
