@@ -88,11 +88,11 @@ def _dkdv_step(dk, dv, k, v, qt_ptrs, do_ptrs, lse_ptrs, delta_ptrs, rows, cols,
         qkt, dcap = modded_scores(qkt, qk_scale, rows[None, :], cols[:, None], n_q, n_k, softcap_log2, alibi_slope,
                                   rel_bias_row, SOFTCAP, ALIBI, REL_BIAS)
         qk_scale = 1.0
-    # Where the LSE and delta are read decides ptxas's spills in this loop, and the spills its speed (H200,
-    # 2026-12-03, docs/flash_status.md). At D >= 128 the LSE is read here, where it is used (loaded with q^T
-    # it stays in registers across the wgmmas; sm_90, triton 3.6: causal dK/dV spills 76 -> 0 B, one-launch
-    # causal 60 -> 48; causal backward +3-4%), and without a window delta with it (one-launch causal 48 -> 0 B,
-    # varlen causal 296 -> 168; with a window this raised them, 20 -> 72). At D = 64 the early LSE read was
+    # Where the LSE and delta are read moves ptxas's spills in this loop (H200 timings: docs/flash_status.md,
+    # 2026-12-03). At D >= 128 the LSE is read here, where it is used (loaded with q^T it stays in registers
+    # across the wgmmas; sm_90, triton 3.6: causal dK/dV spills 76 -> 0 B, one-launch causal 60 -> 48; causal
+    # backward +3-4%), and without a window delta with it (one-launch causal 48 -> 0 B, varlen causal 296 -> 168;
+    # no time change measurable; with a window this raised them, 20 -> 72). At D = 64 the early LSE read was
     # 1-3% faster.
     if BLOCK_D >= 128:
         lse = tl.load(lse_ptrs, mask=row_ok, other=float("inf"))
