@@ -90,7 +90,8 @@ def _prune(configs_list, named_args, **kwargs):
 
 # Autotune keys: the score mods and the window change the work per score, so each gets its own tuning.
 _KEYS = ("seq_bucket", "HEAD_DIM", "CAUSAL", "DOT_PRECISION", "HAS_MASK", "MASK_BLOCK_M", "MASK_BLOCK_N",
-         "PARTIAL_KIND", "WINDOW", "SOFTCAP", "ALIBI", "REL_BIAS", "REL_BIAS_GRAD", "PERSISTENT", "ATOMIC_DQ")
+         "PARTIAL_KIND", "WINDOW", "SOFTCAP", "ALIBI", "REL_BIAS", "REL_BIAS_GRAD", "PERSISTENT", "ATOMIC_DQ",
+         "ORDER")
 
 
 def autotuned(kernel, make_configs, zeroed=("DBIAS",)):
