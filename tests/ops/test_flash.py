@@ -337,14 +337,13 @@ def test_atomic_backward_falls_back_where_it_must(monkeypatch):
 
 @pytest.mark.parametrize("case", ["full", "causal_nq_gt_nk", "causal_nq_lt_nk", "window_mods", "block_mask",
                                   "many_rows"])
-@pytest.mark.parametrize("order", ["paired", "halves", "delta"])
+@pytest.mark.parametrize("order", ["paired", "halves"])
 def test_fused_backward_matches_split(monkeypatch, case, order):
     """HWATTN_BWD=fused (the default only with causal masking or a window argument): one launch, program j
     computes key block j's dK/dV and then query block j's dQ, dense (Nq != Nk both ways, GQA, several batch and
     head rows), with a window and score mods, and under a block mask (per-head patterns, mask blocks of two
     kernel blocks).
-    HWATTN_FUSED_ORDER=halves gives each program one of the two halves (twice the programs, longest first);
-    delta runs the dQ programs first, computing delta in them, and the dK/dV programs wait for it.
+    HWATTN_FUSED_ORDER=halves gives each program one of the two halves (twice the programs, longest first).
     Bit-equal to the split backward (the interpreter runs both with the same tiles), and against float64."""
     from hwattn import masks
     shapes = {"full": (2, 70, 70, 2, 2, False), "causal_nq_gt_nk": (2, 90, 41, 2, 1, True),
@@ -392,10 +391,32 @@ def test_auto_backward_schedule(monkeypatch):
     assert backward_schedule(False, bm, head_dim=128) == "split"
 
 
+def test_fused_program_orders_the_autotuner_tries(monkeypatch):
+    """The one launch's program order is a tuning parameter: halves is tried (two configs) only for plain dense
+    non-causal attention, paired everywhere; HWATTN_FUSED_ORDER=paired / halves keeps one order, anything else
+    is refused; without autotuning the order is paired unless halves is asked for."""
+    from hwattn.ops.flash.configs import _prune, configs, fixed_config
+    fused = configs("fused", orders=True)
+    assert {c.kwargs["ORDER"] for c in fused} == {0, 1} and all("ORDER" not in c.kwargs for c in configs("fused"))
+    orders = lambda **kw: sorted(c.kwargs["ORDER"] for c in _prune(fused, {}, HEAD_DIM=128, **kw))
+    monkeypatch.delenv("HWATTN_FUSED_ORDER", raising=False)
+    assert orders() == [0] * 10 + [1] * 2
+    for mod in ("CAUSAL", "HAS_MASK", "WINDOW", "SOFTCAP", "ALIBI", "REL_BIAS"):
+        assert orders(**{mod: True}) == [0] * 10, mod
+    assert fixed_config("fused", 128, torch.bfloat16, orders=True)["ORDER"] == 0
+    monkeypatch.setenv("HWATTN_FUSED_ORDER", "halves")
+    assert orders(CAUSAL=True) == [1] * 10 and fixed_config("fused", 128, torch.bfloat16, orders=True)["ORDER"] == 1
+    monkeypatch.setenv("HWATTN_FUSED_ORDER", "paired")
+    assert orders() == [0] * 10
+    monkeypatch.setenv("HWATTN_FUSED_ORDER", "interleaved")
+    with pytest.raises(ValueError, match="HWATTN_FUSED_ORDER"):
+        orders()
+
+
 def test_split_backward_computes_delta_in_its_dq_programs(monkeypatch):
     """The split backward launches no preprocess: its dQ programs run first and write delta for the dK/dV
-    pass (a wrong or missing delta would show in dK against float64); nor does the one launch in its delta
-    order; the one launch in the other orders and the atomic backward keep the preprocess launch."""
+    pass (a wrong or missing delta would show in dK against float64); the one-launch and atomic backwards
+    keep the preprocess launch."""
     from hwattn.ops.flash import backward
     launched = []
     real = backward._bwd_preprocess
@@ -407,12 +428,8 @@ def test_split_backward_computes_delta_in_its_dq_programs(monkeypatch):
 
     monkeypatch.setattr(backward, "_bwd_preprocess", Spy())
     for schedule, n_q, n_k, causal, preprocess in (("split", 70, 50, False, False), ("split", 33, 70, True, False),
-                                                    ("fused", 70, 70, True, True), ("atomic", 40, 40, True, True),
-                                                    ("fused:delta", 70, 50, True, False),
-                                                    ("fused:delta", 50, 70, False, False)):
-        schedule, _, order = schedule.partition(":")
+                                                    ("fused", 70, 70, True, True), ("atomic", 40, 40, True, True)):
         monkeypatch.setenv("HWATTN_BWD", schedule)
-        monkeypatch.setenv("HWATTN_FUSED_ORDER", order or "paired")
         launched.clear()
         q, k, v = _inputs(2, n_q, n_k, 2, 2, 32, torch.float32)
         _check_against_reference(q, k, v, causal)
@@ -517,7 +534,7 @@ def test_gpu_atomic_backward_bf16(monkeypatch, d, causal, n_q, n_k):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("schedule", ["fused", "fused:halves", "fused:delta", "split"])
+@pytest.mark.parametrize("schedule", ["fused", "fused:halves", "split"])
 @pytest.mark.parametrize("case", ["full", "causal", "causal_nq_gt_nk", "window", "block_mask"])
 def test_gpu_backward_schedules_bf16(monkeypatch, schedule, case):
     """Both backward launch shapes (the one launch in each program order) at the GPU's real tiles (the CPU tests
@@ -552,26 +569,3 @@ def test_gpu_backward_schedules_bf16(monkeypatch, schedule, case):
     assert_rel_close("out", out, ref, torch.bfloat16)
     for name, got, want in zip(("dq", "dk", "dv"), grads, ref_grads):
         assert_rel_close(name, got, want, torch.bfloat16)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("causal", [False, True])
-def test_gpu_fused_delta_order_waits_for_delta(monkeypatch, causal):
-    """HWATTN_FUSED_ORDER=delta: dK/dV programs read the delta that dQ programs of the same launch wrote. With
-    thousands of programs (many waves, GQA), a missing wait would read torch.empty's garbage or a stale value:
-    dK/dV against float64, three runs bit-equal to each other and close to the preprocess order's (halves: the
-    same sums but for delta's, whose reduction layout may differ)."""
-    monkeypatch.setenv("HWATTN_BWD", "fused")
-    torch.manual_seed(4)
-    q, k, v = (x.cuda().detach().requires_grad_() for x in _inputs(4, 2304, 2304, 4, 2, 128, torch.bfloat16))
-    out = hwattn.flash_attention(q, k, v, causal=causal)
-    do = torch.randn_like(out)
-    runs = {}
-    for order in ("halves", "delta", "delta", "delta"):
-        monkeypatch.setenv("HWATTN_FUSED_ORDER", order)
-        runs.setdefault(order, []).append(torch.autograd.grad(out, (q, k, v), do, retain_graph=True))
-    for got in runs["delta"]:
-        for name, a, b, c in zip(("dq", "dk", "dv"), got, runs["delta"][0], runs["halves"][0]):
-            assert torch.isfinite(a).all() and torch.equal(a, b), name
-            assert_rel_close(name, a, c, torch.bfloat16, 1e-3)
-    _check_against_reference(q, k, v, causal)

@@ -588,17 +588,13 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, O, stride_ob, stride_om, stride_
                 window_left, window_right, DBIAS, WINDOW, SOFTCAP, ALIBI, REL_BIAS, REL_BIAS_GRAD, DELTA_FROM_O)
 
 
-# program orders of the one-launch backward (HWATTN_FUSED_ORDER)
-FUSED_ORDERS = ("paired", "halves", "delta")
-
-
 @triton.jit
 def _fused_blocks(pid, n_kv_blocks, n_q_blocks, CAUSAL: tl.constexpr, ORDER: tl.constexpr):
     """(key block, query block) of one-launch program pid (per K/V head); -1 where it has none.
-    paired (0): both pid. halves (1), non-causal: the dK/dV programs first (4 block matmuls a step against dQ's
-    3), then the dQ programs; causal: the two lists interleaved, each longest first (key block 0 sees every
-    query, the last query block every key), so the block scheduler's greedy fill ends on the shortest programs.
-    delta (2): every dQ program first (they compute delta), then the dK/dV programs, each list longest first."""
+    paired (ORDER 0): both pid. halves (ORDER 1), non-causal: the dK/dV programs first (4 block matmuls a step
+    against dQ's 3), then the dQ programs; causal: the two lists interleaved, each longest first (key block 0
+    sees every query, the last query block every key), so the block scheduler's greedy fill ends on the
+    shortest programs."""
     kv_block = pid
     q_block = pid
     if ORDER == 1:
@@ -608,17 +604,11 @@ def _fused_blocks(pid, n_kv_blocks, n_q_blocks, CAUSAL: tl.constexpr, ORDER: tl.
         else:
             kv_block = tl.where(pid < n_kv_blocks, pid, -1)
             q_block = tl.where(pid < n_kv_blocks, -1, pid - n_kv_blocks)
-    if ORDER == 2:
-        kv_block = tl.where(pid < n_q_blocks, -1, pid - n_q_blocks)
-        if CAUSAL:
-            q_block = tl.where(pid < n_q_blocks, n_q_blocks - 1 - pid, -1)
-        else:
-            q_block = tl.where(pid < n_q_blocks, pid, -1)
     return kv_block, q_block
 
 
 @triton.jit
-def _bwd_fused_kernel(Q, K, V, DO, LSE, DELTA, DQ, DK, DV, O, stride_ob, stride_om, stride_oh, COUNTERS,
+def _bwd_fused_kernel(Q, K, V, DO, LSE, DELTA, DQ, DK, DV,
                       stride_qb, stride_qm, stride_qh, stride_kb, stride_kn, stride_kh,
                       stride_vb, stride_vn, stride_vh, stride_dob, stride_dom, stride_doh,
                       stride_dqb, stride_dqm, stride_dqh,
@@ -636,32 +626,17 @@ def _bwd_fused_kernel(Q, K, V, DO, LSE, DELTA, DQ, DK, DV, O, stride_ob, stride_
                       SLOPES, stride_slopes_b, softcap_log2, BIAS, stride_bias_h, window_left, window_right, DBIAS,
                       WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,
                       REL_BIAS_GRAD: tl.constexpr, ORDER: tl.constexpr):
-    """The whole backward in one launch; ORDER says which program does what (`_fused_blocks`).
-    paired: program (j, b * Hkv + h_kv) computes dK, dV of key block j and then dQ of query block j for every
-    query head of the group; with causal masking the two halves balance (key block j's dK/dV visit the query
-    blocks after the diagonal, query block j's dQ the key blocks before it), so with BLOCK_N1 == BLOCK_M2 every
-    program does the same work. halves: each program does one of the two, twice the programs at about half
-    the work each, launched longest first, so the last wave is shorter. delta: as halves, with the dQ programs
-    first; they compute delta from O (no preprocess launch) and count themselves done in COUNTERS[1 + head],
-    and a dK/dV program waits for its head's count before reading delta. Programs take their roles from a
-    ticket (COUNTERS[0], zeroed), not from their grid position, so every dQ program a dK/dV program waits for
-    took its ticket earlier and is running: no deadlock, whatever order the GPU starts programs in."""
-    n_kv_blocks = tl.cdiv(n_k, BLOCK_N1)
-    n_q_blocks = tl.cdiv(n_q, BLOCK_M2)
-    if ORDER == 2:
-        ticket = tl.atomic_add(COUNTERS, 1)
-        pid_kv = ticket // (n_kv_blocks + n_q_blocks)
-        pid = ticket % (n_kv_blocks + n_q_blocks)
-    else:
-        pid_kv = tl.program_id(1)
-        pid = tl.program_id(0)
-    kv_block, q_block = _fused_blocks(pid, n_kv_blocks, n_q_blocks, CAUSAL, ORDER)
+    """The whole backward in one launch; ORDER (a tuning parameter, `configs.fused_order`) says which program
+    does what (`_fused_blocks`). paired: program (j, b * Hkv + h_kv) computes dK, dV of key block j and then dQ
+    of query block j for every query head of the group; with causal masking the two halves balance (key block
+    j's dK/dV visit the query blocks after the diagonal, query block j's dQ the key blocks before it), so with
+    BLOCK_N1 == BLOCK_M2 every program does the same work. halves: each program does one of the two, twice the
+    programs at about half the work each, launched longest first, so the last wave is shorter."""
+    kv_block, q_block = _fused_blocks(tl.program_id(0), tl.cdiv(n_k, BLOCK_N1), tl.cdiv(n_q, BLOCK_M2), CAUSAL,
+                                      ORDER)
+    pid_kv = tl.program_id(1)
     j = kv_block
     if (kv_block >= 0) & (kv_block * BLOCK_N1 < n_k):
-        if ORDER == 2:
-            done = tl.atomic_add(COUNTERS + 1 + pid_kv, 0, sem="acquire", scope="gpu")
-            while done < n_q_blocks:
-                done = tl.atomic_add(COUNTERS + 1 + pid_kv, 0, sem="acquire", scope="gpu")
         _dkdv_program(j, pid_kv, Q, K, V, DO, LSE, DELTA, DK, DV, stride_qb, stride_qm, stride_qh, stride_kb,
                       stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_dob, stride_dom, stride_doh,
                       stride_dkb, stride_dkn, stride_dkh, stride_dvb, stride_dvn, stride_dvh, n_q, n_k, num_heads,
@@ -675,27 +650,22 @@ def _bwd_fused_kernel(Q, K, V, DO, LSE, DELTA, DQ, DK, DV, O, stride_ob, stride_
         b = pid_kv // num_kv_heads
         h_first = (pid_kv % num_kv_heads) * group_size
         for g in range(0, group_size):
-            # delta from the preprocess, or (order delta) from O here
-            _dq_program(j, b * num_heads + h_first + g, Q, K, V, DO, LSE, DELTA, DQ, O, stride_ob, stride_om,
-                        stride_oh, stride_qb, stride_qm,
+            # delta comes from the preprocess here (DELTA_FROM_O off: the O arguments are placeholders)
+            _dq_program(j, b * num_heads + h_first + g, Q, K, V, DO, LSE, DELTA, DQ, DQ, 0, 0, 0, stride_qb, stride_qm,
                         stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, stride_dob,
                         stride_dom, stride_doh, stride_dqb, stride_dqm, stride_dqh, n_q, n_k, num_heads, group_size,
                         qk_scale, softmax_scale, seq_bucket, FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, PART_TILE, TILES,
                         mask_b, mask_h, n_mask_rows, n_mask_cols, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_M2, BLOCK_N2,
                         DOT_PRECISION, HAS_MASK, MASK_BLOCK_M, MASK_BLOCK_N, PARTIAL_KIND, SLOPES, stride_slopes_b,
                         softcap_log2, BIAS, stride_bias_h, window_left, window_right, DBIAS, WINDOW, SOFTCAP, ALIBI,
-                        REL_BIAS, REL_BIAS_GRAD, ORDER == 2)
-        if ORDER == 2:
-            tl.debug_barrier()  # every thread's delta stores before the release
-            tl.atomic_add(COUNTERS + 1 + pid_kv, 1, sem="release", scope="gpu")
+                        REL_BIAS, REL_BIAS_GRAD, False)
 
 
 _dkdv_autotuned = None if interpreting() else autotuned(_bwd_dkdv_kernel, lambda: configs("dkdv"))
 _dkdv_atomic_autotuned = None if interpreting() else autotuned(_bwd_dkdv_kernel, lambda: configs("dkdv_atomic"),
                                                                zeroed=("DQ_ACC",))
 _dq_autotuned = None if interpreting() else autotuned(_bwd_dq_kernel, lambda: configs("dq"))
-_fused_autotuned = None if interpreting() else autotuned(_bwd_fused_kernel, lambda: configs("fused"),
-                                                        zeroed=("DBIAS", "COUNTERS"))
+_fused_autotuned = None if interpreting() else autotuned(_bwd_fused_kernel, lambda: configs("fused", orders=True))
 
 
 BACKWARD_SCHEDULES = ("auto", "fused", "split", "atomic")
@@ -740,17 +710,18 @@ def backward_schedule(causal: bool, block_mask, mods=None, windowed_fused: bool 
     return mode
 
 
-def _fused_programs(n_q, n_k, cfg, causal, order) -> int:
-    """Programs per K/V head of the one-launch backward (`_fused_blocks`)."""
+def _fused_programs(n_q, n_k, cfg, causal) -> int:
+    """Programs per K/V head of the one-launch backward in cfg's ORDER (`_fused_blocks`)."""
     n_kv_blocks, n_q_blocks = triton.cdiv(n_k, cfg["BLOCK_N1"]), triton.cdiv(n_q, cfg["BLOCK_M2"])
-    if order == 0:
+    if cfg["ORDER"] == 0:
         return max(n_kv_blocks, n_q_blocks)
-    return 2 * max(n_kv_blocks, n_q_blocks) if causal and order == 1 else n_kv_blocks + n_q_blocks
+    return 2 * max(n_kv_blocks, n_q_blocks) if causal else n_kv_blocks + n_q_blocks
 
 
 def _launch(kernel, tuned, kind, grid_of, args, meta, head_dim, dtype):
     if tuned is None or not autotune_enabled():
-        launch_fixed(kernel, grid_of, args, meta, fixed_config(kind, head_dim, dtype, meta))
+        launch_fixed(kernel, grid_of, args, meta,
+                     fixed_config(kind, head_dim, dtype, meta, orders=kernel is _bwd_fused_kernel))
     else:
         tuned[grid_of](*args, **meta)
 
@@ -780,23 +751,18 @@ def flash_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, block_mas
     schedule = backward_schedule(causal, block_mask, mods, head_dim=head_dim)
     # delta = rowsum(dO * O), (B, Hq, Nq) fp32: the split schedule's dQ programs write it, the others read it
     delta = torch.empty((B, n_heads, n_q), device=q.device, dtype=torch.float32)
-    order = FUSED_ORDERS.index(env_choice("HWATTN_FUSED_ORDER", FUSED_ORDERS)) if schedule == "fused" else 0
-    if schedule != "split" and order != 2:
+    if schedule != "split":
         pre_block = 64
         _bwd_preprocess[(triton.cdiv(n_q, pre_block), B * n_heads)](
             o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2),
             n_q, n_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block)
     if schedule == "fused":
-        # order delta: a ticket counter and one done-count per K/V head (zeroed again per autotuning trial)
-        counters = torch.zeros(1 + B * n_kv_heads if order == 2 else 1, device=q.device, dtype=torch.int32)
-        args = (q, k, v, do, lse, delta, dq, dk, dv, o, o.stride(0), o.stride(1), o.stride(2), counters,
-                *common, dq.stride(0), dq.stride(1), dq.stride(2),
+        args = (q, k, v, do, lse, delta, dq, dk, dv, *common, dq.stride(0), dq.stride(1), dq.stride(2),
                 dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), *sizes,
                 *by_key_args, *by_query_args)
         _launch(_bwd_fused_kernel, _fused_autotuned, "fused",
-                lambda cfg: (_fused_programs(n_q, n_k, cfg, causal, order), B * n_kv_heads),
-                args, {**meta, **score_mod_kwargs(mods, q.device, drel_bias, with_grad_args=True), "ORDER": order},
-                head_dim, q.dtype)
+                lambda cfg: (_fused_programs(n_q, n_k, cfg, causal), B * n_kv_heads),
+                args, {**meta, **score_mod_kwargs(mods, q.device, drel_bias, with_grad_args=True)}, head_dim, q.dtype)
         return dq, dk, dv, drel_bias
 
     atomic = schedule == "atomic"

@@ -5,7 +5,7 @@ import os
 
 import triton
 
-from ..._runtime import fitted_key, interpreting, launch_fewer_stages
+from ..._runtime import env_choice, fitted_key, interpreting, launch_fewer_stages
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). Short lists on purpose: each entry is one more compile per
 # (head_dim, causal, dtype) and one more timing per shape bucket.
@@ -31,6 +31,12 @@ _BWD_FUSED = [(64, 128, 128, 64, 8, 3), (64, 128, 128, 64, 8, 4), (64, 128, 128,
               (32, 128, 128, 32, 4, 3), (32, 128, 128, 32, 8, 3), (64, 128, 128, 32, 8, 3),
               (64, 64, 64, 64, 4, 3), (32, 64, 64, 32, 4, 3), (32, 64, 64, 32, 4, 2), (16, 64, 64, 16, 4, 2)]
 
+# Its program order (`backward._fused_blocks`): paired (0) for every config; halves (1) only for these, the
+# configs that win at D <= 128, and only for plain dense non-causal attention (H200, 2026-12-03, fixed configs,
+# two rounds: non-causal 0.98-1.03x paired at N = 2048-8192, 1.01-1.04x at 16384; causal 0.97-0.99x).
+_BWD_FUSED_HALVES = {(64, 128, 128, 64, 8, 3), (64, 128, 128, 64, 8, 4)}
+FUSED_ORDERS = ("auto", "paired", "halves")
+
 _TABLES = {"fwd": _FWD, "dkdv": _BWD_DKDV, "dkdv_atomic": _BWD_DKDV_ATOMIC, "dq": _BWD_DQ, "fused": _BWD_FUSED}
 
 # Interpreter: unequal block sizes so the CPU tests exercise the diagonal/edge bookkeeping.
@@ -48,9 +54,30 @@ def _fits(block_m, block_n, num_stages, head_dim) -> bool:
     return True
 
 
-def configs(kind: str):
-    return [triton.Config(dict(zip(_TILE_NAMES[len(c) - 2], c[:-2])), num_warps=c[-2], num_stages=c[-1])
+def configs(kind: str, orders: bool = False):
+    """The configs of a kernel kind; orders: the dense one-launch backward's, each in both program orders (the
+    varlen one-launch kernel has none)."""
+    made = [triton.Config(dict(zip(_TILE_NAMES[len(c) - 2], c[:-2])), num_warps=c[-2], num_stages=c[-1])
             for c in _TABLES[kind]]
+    if not orders:
+        return made
+    return [triton.Config({**c.kwargs, "ORDER": order}, num_warps=c.num_warps, num_stages=c.num_stages)
+            for order in (0, 1) for c in made]
+
+
+def fused_order() -> str:
+    """HWATTN_FUSED_ORDER: the one-launch backward's program order. auto (default): paired, and halves also
+    tried by the autotuner for plain dense non-causal attention; paired / halves: only that order."""
+    return env_choice("HWATTN_FUSED_ORDER", FUSED_ORDERS)
+
+
+def _order_allowed(c, kwargs) -> bool:
+    order, wanted = c.kwargs["ORDER"], fused_order()
+    if wanted != "auto":
+        return order == FUSED_ORDERS.index(wanted) - 1
+    plain = not any(kwargs.get(k) for k in ("CAUSAL", "HAS_MASK", "WINDOW", "SOFTCAP", "ALIBI", "REL_BIAS"))
+    tiles = (*(c.kwargs[k] for k in ("BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2")), c.num_warps, c.num_stages)
+    return order == 0 or (plain and tiles in _BWD_FUSED_HALVES)
 
 
 def _tiles(kwargs) -> list[tuple[int, int]]:
@@ -79,6 +106,8 @@ def _prune(configs_list, named_args, **kwargs):
                and _fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, head_dim)]
         if fp8:
             return fp8
+    if "ORDER" in configs_list[0].kwargs:
+        configs_list = [c for c in configs_list if _order_allowed(c, kwargs)]
     kept = [c for c in configs_list if all(_fits(bm, bn, c.num_stages, head_dim) and bm <= mask_m and bn <= mask_n
                                            for bm, bn in _tiles(c.kwargs))]
     if kept:
@@ -90,8 +119,7 @@ def _prune(configs_list, named_args, **kwargs):
 
 # Autotune keys: the score mods and the window change the work per score, so each gets its own tuning.
 _KEYS = ("seq_bucket", "HEAD_DIM", "CAUSAL", "DOT_PRECISION", "HAS_MASK", "MASK_BLOCK_M", "MASK_BLOCK_N",
-         "PARTIAL_KIND", "WINDOW", "SOFTCAP", "ALIBI", "REL_BIAS", "REL_BIAS_GRAD", "PERSISTENT", "ATOMIC_DQ",
-         "ORDER")
+         "PARTIAL_KIND", "WINDOW", "SOFTCAP", "ALIBI", "REL_BIAS", "REL_BIAS_GRAD", "PERSISTENT", "ATOMIC_DQ")
 
 
 def autotuned(kernel, make_configs, zeroed=("DBIAS",)):
@@ -123,18 +151,20 @@ def autotune_enabled() -> bool:
     return os.environ.get("HWATTN_AUTOTUNE", "1") not in ("0", "false", "False")
 
 
-def fixed_config(kind: str, head_dim: int, dtype, mask_meta=None) -> dict:
+def fixed_config(kind: str, head_dim: int, dtype, mask_meta=None, orders: bool = False) -> dict:
     """Launch parameters when not autotuning: interpreter blocks on CPU, tuned defaults on a GPU; tiles
     never larger than a block mask's blocks."""
     mask_m = (mask_meta or {}).get("MASK_BLOCK_M", 256)
     mask_n = (mask_meta or {}).get("MASK_BLOCK_N", 256)
+    # the one launch's order without autotuning: paired unless HWATTN_FUSED_ORDER=halves
+    order = {"ORDER": int(fused_order() == "halves")} if orders else {}
     if interpreting():
         tiles = _INTERPRETER[kind]
-        return _shrunk(dict(zip(_TILE_NAMES[len(tiles)], tiles)), mask_m, mask_n)
+        return {**_shrunk(dict(zip(_TILE_NAMES[len(tiles)], tiles)), mask_m, mask_n), **order}
     block_d = max(16, triton.next_power_of_2(head_dim))
     bucket = 64 if block_d <= 64 else (128 if block_d <= 128 else 256)
     *tiles, warps, stages = _DEFAULT[kind][bucket]
-    return {**_shrunk(dict(zip(_TILE_NAMES[len(tiles)], tiles)), mask_m, mask_n), "num_warps": warps,
+    return {**_shrunk(dict(zip(_TILE_NAMES[len(tiles)], tiles)), mask_m, mask_n), **order, "num_warps": warps,
             "num_stages": stages}
 
 
