@@ -122,14 +122,28 @@ _KEYS = ("seq_bucket", "HEAD_DIM", "CAUSAL", "DOT_PRECISION", "HAS_MASK", "MASK_
          "PARTIAL_KIND", "WINDOW", "SOFTCAP", "ALIBI", "REL_BIAS", "REL_BIAS_GRAD", "PERSISTENT", "ATOMIC_DQ")
 
 
-def autotuned(kernel, make_configs, zeroed=("DBIAS",)):
-    """Wrap `kernel` in triton.autotune, caching the chosen configs on disk where this Triton can. Keys are
-    the entries of _KEYS that are `kernel`'s arguments (Triton refuses others); the `zeroed` arguments, outputs
-    accumulated with atomics (DBIAS, d rel_bias; DQ_ACC, the atomic backward's dQ), are zeroed before every
-    timed trial and before the real run."""
-    extra = {}
-    if "cache_results" in inspect.signature(triton.autotune).parameters:
+def _time_trial(kernel_call, quantiles):
+    """One autotuning trial: 250 ms of calls (Triton's default is 100). A kernel's best configs lie within a few
+    percent of each other, and at 100 ms the pick moved from run to run (H200, 2026-12-03: the causal one-launch
+    backward at N = 4096 took 2 stages in one run, 352 TFLOP/s, and 3 in the next, 366)."""
+    return triton.testing.do_bench(kernel_call, warmup=50, rep=250, quantiles=quantiles)
+
+
+def tuning_options() -> dict:
+    """triton.autotune options of every hwattn kernel: longer trials, and the chosen configs cached on disk
+    where this Triton can."""
+    params = inspect.signature(triton.autotune).parameters
+    extra = {"do_bench": _time_trial} if "do_bench" in params else {}
+    if "cache_results" in params:
         extra["cache_results"] = True
+    return extra
+
+
+def autotuned(kernel, make_configs, zeroed=("DBIAS",)):
+    """Wrap `kernel` in triton.autotune (`tuning_options`). Keys are the entries of _KEYS that are `kernel`'s
+    arguments (Triton refuses others); the `zeroed` arguments, outputs accumulated with atomics (DBIAS,
+    d rel_bias; DQ_ACC, the atomic backward's dQ), are zeroed before every timed trial and before the real run."""
+    extra = tuning_options()
     reset = [name for name in zeroed if name in kernel.arg_names]
     if reset:
         extra["reset_to_zero"] = reset

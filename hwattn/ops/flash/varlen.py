@@ -11,7 +11,6 @@ block sizes a sequence gives bit-for-bit the numbers of a dense call on that seq
 """
 from __future__ import annotations
 
-import inspect
 import math
 import weakref
 from typing import Optional
@@ -24,7 +23,7 @@ from ..._checks import check_bool, check_same, check_scale, check_tensor
 from ..._runtime import check_kernel_device, custom_op, interpreting
 from .backward import _dkdv_dense, _dq_dense, backward_schedule
 from .common import LN2, LOG2E, q_ranges
-from .configs import _prune, autotune_enabled, configs, fixed_config, launch_fixed
+from .configs import _prune, autotune_enabled, configs, fixed_config, launch_fixed, tuning_options
 from .forward import _fwd_dense, dot_precision, seq_bucket
 from .interface import MAX_HEAD_DIM, SUPPORTED_DTYPES
 from .score_mods import ScoreMods, check_score_mods, resolve_window, score_mod_kwargs
@@ -378,9 +377,7 @@ def _varlen_bwd_fused_kernel(Q, K, V, DO, LSE_ROWS, DELTA_ROWS, DQ, DK, DV, CU_Q
 def _autotuned(kernel, kind):
     """The dense kernels' config tables and pruning, keyed on this kernel's own arguments (newer Triton
     refuses autotune keys that are not kernel arguments, so the dense kernels' key list is not reused)."""
-    extra = {}
-    if "cache_results" in inspect.signature(triton.autotune).parameters:
-        extra["cache_results"] = True
+    extra = tuning_options()
     return triton.autotune(configs=configs(kind), key=["seq_bucket", "HEAD_DIM", "CAUSAL", "DOT_PRECISION", "WINDOW",
                                                        "SOFTCAP", "ALIBI", "LENGTHS_16"],
                            prune_configs_by={"early_config_prune": _prune}, **extra)(kernel)
