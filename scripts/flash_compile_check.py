@@ -146,13 +146,20 @@ def enumerate_launches(root, plain_only=False, quick=False, dtype_names=None, se
             bm = block_masks[masked - 1] if masked else None
             o, lse = forward.flash_fwd(q, k, v, causal, 0.1, bm, **extra)
             backward.flash_bwd(torch.empty_like(o), q, k, v, o, lse, causal, 0.1, bm, **extra)
-            # every schedule HWATTN_BWD can pick, not only the default (the opt-in atomic-dQ one included)
-            for schedule in [s for s in getattr(backward, "BACKWARD_SCHEDULES", ()) if s != "auto"]:
+            # every schedule HWATTN_BWD can pick, not only the default (the opt-in atomic-dQ one included), and
+            # the one launch in its halves program order where the checkout has one
+            schedules = [(s, None) for s in getattr(backward, "BACKWARD_SCHEDULES", ()) if s != "auto"]
+            if "halves" in getattr(sys.modules.get("hwattn.ops.flash.configs"), "FUSED_ORDERS", ()):
+                schedules.append(("fused", "halves"))
+            for schedule, order in schedules:
                 os.environ["HWATTN_BWD"] = schedule
+                if order:
+                    os.environ["HWATTN_FUSED_ORDER"] = order
                 try:
                     backward.flash_bwd(torch.empty_like(o), q, k, v, o, lse, causal, 0.1, bm, **extra)
                 finally:
                     os.environ.pop("HWATTN_BWD")
+                    os.environ.pop("HWATTN_FUSED_ORDER", None)
             if masked or "rel_bias" in names:
                 continue
             cu = torch.empty(3, device=meta, dtype=torch.int32)
