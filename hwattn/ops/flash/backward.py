@@ -718,10 +718,10 @@ def _fused_programs(n_q, n_k, cfg, causal) -> int:
     return 2 * max(n_kv_blocks, n_q_blocks) if causal else n_kv_blocks + n_q_blocks
 
 
-def _launch(kernel, tuned, kind, grid_of, args, meta, head_dim, dtype):
+def _launch(kernel, tuned, kind, grid_of, args, meta, head_dim, dtype, orders=False):
+    """orders: the kernel takes a program order (the dense one launch), fixed like its tiles when not tuning."""
     if tuned is None or not autotune_enabled():
-        launch_fixed(kernel, grid_of, args, meta,
-                     fixed_config(kind, head_dim, dtype, meta, orders=kernel is _bwd_fused_kernel))
+        launch_fixed(kernel, grid_of, args, meta, fixed_config(kind, head_dim, dtype, meta, orders=orders))
     else:
         tuned[grid_of](*args, **meta)
 
@@ -762,7 +762,8 @@ def flash_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, block_mas
                 *by_key_args, *by_query_args)
         _launch(_bwd_fused_kernel, _fused_autotuned, "fused",
                 lambda cfg: (_fused_programs(n_q, n_k, cfg, causal), B * n_kv_heads),
-                args, {**meta, **score_mod_kwargs(mods, q.device, drel_bias, with_grad_args=True)}, head_dim, q.dtype)
+                args, {**meta, **score_mod_kwargs(mods, q.device, drel_bias, with_grad_args=True)}, head_dim, q.dtype,
+                orders=True)
         return dq, dk, dv, drel_bias
 
     atomic = schedule == "atomic"

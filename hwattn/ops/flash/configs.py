@@ -88,8 +88,9 @@ def _tiles(kwargs) -> list[tuple[int, int]]:
 
 
 def _shrunk(kwargs, mask_m, mask_n) -> dict:
-    """kwargs with every tile cut down to a block mask's blocks (M sizes to its rows, N sizes to its columns)."""
-    return {k: min(v, mask_m if "_M" in k else mask_n) for k, v in kwargs.items()}
+    """kwargs with every tile cut down to a block mask's blocks (M sizes to its rows, N sizes to its columns);
+    other kwargs (the one launch's ORDER) as they are."""
+    return {k: (min(v, mask_m if "_M" in k else mask_n) if k.startswith("BLOCK_") else v) for k, v in kwargs.items()}
 
 
 def fwd_configs():
