@@ -156,6 +156,25 @@ def test_kernel_matches_float64_references(B, n_q, n_k, h_q, h_kv, d, causal, ha
     assert torch.equal(same, out)
 
 
+
+def test_fp8_configs_the_autotuner_tries():
+    """FP8 tunes over its own set (the 4-warp 128-row tiles included); 16-bit never gets the FP8-only ones."""
+    from hwattn.ops.flash.configs import _FWD_FP8, _FWD_FP8_ONLY, _prune, configs
+
+    class Q:
+        def __init__(self, size):
+            self.size = size
+
+        def element_size(self):
+            return self.size
+
+    entry = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+    fp8 = {entry(c) for c in _prune(configs("fwd"), {"Q": Q(1)}, HEAD_DIM=128)}
+    assert fp8 == _FWD_FP8 and (128, 128, 4, 3) in fp8
+    for size in (2, 4):
+        kept = {entry(c) for c in _prune(configs("fwd"), {"Q": Q(size)}, HEAD_DIM=128)}
+        assert kept and not kept & _FWD_FP8_ONLY and (128, 128, 8, 3) in kept
+
 def test_kernel_error_beyond_the_inputs_is_only_p_rounding():
     """Q, K in fp8 but V in fp16 (internal path: P is then rounded to fp16, not e4m3): with the descales
     folded in, the kernel agrees with the dequantised float64 attention to fp16 precision, so the 2e-2 of
@@ -314,6 +333,38 @@ def test_gpu_fp8_outliers_hadamard_helps():
         errors.append(plain / rotated)
     assert sum(errors) / len(errors) > 2.0, errors  # float64 emulation of this case: 3.6-4.1x
 
+
+
+GPU_EDGE_CASES = [(1, 1, 300, 4, 4, 128, False), (2, 333, 200, 8, 2, 128, True), (1, 1000, 1000, 4, 1, 64, True),
+                  (1, 257, 513, 4, 4, 256, False), (2, 512, 512, 4, 4, 128, False)]
+
+
+@pytest.mark.gpu
+def test_gpu_fp8_every_config_on_edge_shapes(monkeypatch):
+    """Each config the FP8 autotuner may pick (and the fixed default) against the float64 attention of the
+    dequantised inputs: seqlen 1, N not a block multiple, Nq != Nk, GQA/MQA, causal, D = 64 / 128 / 256."""
+    from hwattn.ops.flash import forward
+    from hwattn.ops.flash.configs import _FWD_FP8, _fits
+    monkeypatch.setenv("HWATTN_AUTOTUNE", "0")
+    torch.manual_seed(0)
+    for B, n_q, n_k, h_q, h_kv, d, causal in GPU_EDGE_CASES:
+        q, k, v = _inputs(B, n_q, n_k, h_q, h_kv, d, torch.bfloat16, "cuda")
+        quantized = hwattn.quantize_qkv_fp8(q, k, v)
+        ref = naive.attention_fp8(*quantized, causal=causal)
+        tried = 0
+        for entry in sorted(_FWD_FP8) + [None]:  # None: the fixed default
+            if entry is not None and not _fits(entry[0], entry[1], entry[3], d):
+                continue
+            cfg = None if entry is None else dict(zip(("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"), entry))
+            with monkeypatch.context() as m:
+                if cfg is not None:
+                    m.setattr(forward, "fixed_config", lambda *a, cfg=cfg, **kw: dict(cfg))
+                out = hwattn.flash_attention_fp8(**quantized._asdict(), causal=causal)
+            name = f"{(B, n_q, n_k, h_q, h_kv, d, causal)} {cfg or 'default'}"
+            err = assert_rel_close(name, out, ref, torch.float8_e4m3fn, BOUND_DEQUANT)
+            assert err > 1e-3, name
+            tried += 1
+        assert tried >= (1 if d > 128 else 2)  # D = 256 fits only the default tiles
 
 # --- the quantisation kernels --------------------------------------------------------------------------
 
