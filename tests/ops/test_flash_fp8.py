@@ -156,7 +156,6 @@ def test_kernel_matches_float64_references(B, n_q, n_k, h_q, h_kv, d, causal, ha
     assert torch.equal(same, out)
 
 
-
 def test_fp8_configs_the_autotuner_tries():
     """FP8 tunes over its own set (the 4-warp 128-row tiles included); 16-bit never gets the FP8-only ones."""
     from hwattn.ops.flash.configs import _FWD_FP8, _FWD_FP8_ONLY, _prune, configs
@@ -174,6 +173,7 @@ def test_fp8_configs_the_autotuner_tries():
     for size in (2, 4):
         kept = {entry(c) for c in _prune(configs("fwd"), {"Q": Q(size)}, HEAD_DIM=128)}
         assert kept and not kept & _FWD_FP8_ONLY and (128, 128, 8, 3) in kept
+
 
 def test_kernel_error_beyond_the_inputs_is_only_p_rounding():
     """Q, K in fp8 but V in fp16 (internal path: P is then rounded to fp16, not e4m3): with the descales
@@ -334,7 +334,6 @@ def test_gpu_fp8_outliers_hadamard_helps():
     assert sum(errors) / len(errors) > 2.0, errors  # float64 emulation of this case: 3.6-4.1x
 
 
-
 GPU_EDGE_CASES = [(1, 1, 300, 4, 4, 128, False), (2, 333, 200, 8, 2, 128, True), (1, 1000, 1000, 4, 1, 64, True),
                   (1, 257, 513, 4, 4, 256, False), (2, 512, 512, 4, 4, 128, False)]
 
@@ -365,6 +364,7 @@ def test_gpu_fp8_every_config_on_edge_shapes(monkeypatch):
             assert err > 1e-3, name
             tried += 1
         assert tried >= (1 if d > 128 else 2)  # D = 256 fits only the default tiles
+
 
 # --- the quantisation kernels --------------------------------------------------------------------------
 

@@ -13,10 +13,10 @@ _FWD = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4), (12
         (128, 128, 8, 2), (64, 64, 4, 3), (64, 128, 4, 3), (64, 32, 4, 2), (128, 128, 4, 3)]
 # FP8 forward: the entries of _FWD it tunes over; a head_dim none of them fits (256) falls back to the generic
 # pruning. The 4-warp ones: one warpgroup owns all 128 rows, and the e4m3 tiles leave room for two programs per
-# SM, whose softmax and matmuls then overlap (no barrier couples them): on an H200 (2026-12-03,
-# scripts/exp_fp8_fwd.py) 128x128 w4 s3 was the best pointer-fed config, 744 / 773 TFLOP/s at N = 4096 / 16384
-# against 715 / 752 for 128x128 w8 s3. In 16-bit the same config is 40% slower (one program per SM), so it is
-# tried for FP8 only.
+# SM, which no barrier couples, so one's softmax can run under the other's matmuls (the likely reason, not
+# measured by counters). On an H200 (2026-12-03, scripts/exp_fp8_fwd.py) 128x128 w4 s3 was the best
+# pointer-fed config, 744 / 773 TFLOP/s at N = 4096 / 16384 against 715 / 752 for 128x128 w8 s3. In bf16 the
+# same tiles were ~40% slower (one program per SM), so 128x128 w4 is tried for FP8 only.
 _FWD_FP8 = {(128, 128, 8, 3), (128, 128, 8, 4), (128, 64, 8, 3), (128, 128, 4, 3), (128, 64, 4, 3)}
 _FWD_FP8_ONLY = {(128, 128, 4, 3)}
 # dK/dV: a program owns BLOCK_N keys and streams BLOCK_M-row query blocks; dQ: the transpose.
