@@ -165,7 +165,8 @@ def run_variant(q8, k8, vt8, mode, block_m, block_n, warps, stages, qk_scale):
     grid = (N // block_m, B * H)
     kw = {} if os.environ.get("TRITON_INTERPRET") == "1" else dict(num_warps=warps, num_stages=stages)
     _fp8_fwd[grid](q8, k8, vt8, o, N, H, q8.stride(0), q8.stride(1), q8.stride(2), qk_scale * 1.4426950408889634,
-                   HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, USE_TMA=tma, PRE_S=pre_s, SPLIT=split, POLY=poly, L_MMA=l_mma, WS=ws, **kw)
+                   HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, USE_TMA=tma, PRE_S=pre_s, SPLIT=split, POLY=poly,
+                   L_MMA=l_mma, WS=ws, **kw)
     return o
 
 
@@ -231,7 +232,8 @@ def main():
                 err = rel_err(o, ref)
             except Exception as e:
                 err = float("nan")
-                print(f"  {mode} {bm}x{bn} w{w} s{s}: failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}",
+                why = str(e).splitlines()[0][:200] if str(e) else ""
+                print(f"  {mode} {bm}x{bn} w{w} s{s}: failed: {type(e).__name__}: {why}",
                       flush=True)
             err_rows.append(dict(mode=mode, config=f"{bm}x{bn} w{w} s{s}", err=err))
             print(f"err {mode:>18} {bm}x{bn} w{w} s{s}: {err:.3e}", flush=True)
