@@ -28,6 +28,8 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from exp_hopper_fwd import _alloc  # noqa: E402  (the device descriptors' scratch allocator)
 
 # 2^f ~ C0 + C1 f + C2 f^2 on [-0.5, 0.5], relative-error least squares on Chebyshev nodes (max 1.80e-3)
 C0 = tl.constexpr(1.0005137006082208)
@@ -99,7 +101,6 @@ def _fp8_fwd(Q, K, VT, O, n_ctx, num_heads, stride_b, stride_n, stride_h, qk_sca
                                            block_shape=[SUB, HEAD_DIM])
         desc_v = tl.make_tensor_descriptor(VT + v_off, shape=[HEAD_DIM, n_ctx], strides=[n_ctx, 1],
                                            block_shape=[HEAD_DIM, SUB])
-    if USE_TMA:
         q = tl.make_tensor_descriptor(Q + off, shape=[n_ctx, HEAD_DIM], strides=[stride_n, 1],
                                       block_shape=[BLOCK_M, HEAD_DIM]).load([start_m, 0])
     else:
@@ -152,10 +153,6 @@ def _fp8_fwd(Q, K, VT, O, n_ctx, num_heads, stride_b, stride_n, stride_h, qk_sca
         l_i = tl.sum(l_acc, 1) * (1.0 / 16)
     out = (acc / l_i[:, None]).to(O.dtype.element_ty)
     tl.store(O + off + offs_m[:, None].to(tl.int64) * stride_n + offs_d[None, :], out)
-
-
-def _alloc(size, alignment, stream):
-    return torch.empty(size, device="cuda" if torch.cuda.is_available() else "cpu", dtype=torch.int8)
 
 
 def run_variant(q8, k8, vt8, mode, block_m, block_n, warps, stages, qk_scale):
