@@ -229,6 +229,8 @@ def ptxas_report(ptx: str):
             f.write(ptx)
         r = subprocess.run([ptxas, "-arch=sm_90a", "-v", os.path.join(d, "k.ptx"), "-o", os.path.join(d, "k.o")],
                            capture_output=True, text=True)
+    if r.returncode != 0:  # a report of nothing would read as "pipelined, no spills"
+        raise RuntimeError(f"{ptxas} failed: {r.stderr.strip()[:400]}")
     regs = re.search(r"Used (\d+) registers", r.stderr)
     spill = sum(int(x) for x in re.findall(r"(\d+) bytes spill stores", r.stderr))
     notes = sorted({m for m in re.findall(r"\((C75\d\d)\)[^\n]*?serialized due to ([^\n]*?) in the function", r.stderr)})

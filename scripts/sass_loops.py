@@ -24,12 +24,15 @@ _PRED = re.compile(r"^\s+/\*[0-9a-f]+\*/\s+(@!?U?P\w+\s+)?")
 
 
 def ptxas_tools():
-    """(ptxas, nvdisasm): Triton's own (its NVIDIA backend's bin/), or those in $PTXAS_DIR."""
+    """(ptxas, nvdisasm): Triton's own (its NVIDIA backend's bin/), or those in $PTXAS_DIR. Triton >= 3.9
+    compiles sm_90 with its `ptxas-blackwell` (CUDA 13; the older `ptxas` beside it cannot read that PTX's
+    version), so that one is taken where it exists."""
     d = os.environ.get("PTXAS_DIR")
     if not d:
         import triton
         d = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    return os.path.join(d, "ptxas"), os.path.join(d, "nvdisasm")
+    newer = os.path.join(d, "ptxas-blackwell")
+    return (newer if os.path.exists(newer) else os.path.join(d, "ptxas")), os.path.join(d, "nvdisasm")
 
 
 def sass(ptx: str) -> list[str]:

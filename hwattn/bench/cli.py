@@ -11,7 +11,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--providers", default="all",
                    help="comma list from hwattn,sdpa_cudnn,sdpa_flash,sdpa_efficient,flex,naive (default all), or "
                         "hwattn_split / hwattn_fused (our backward forced to two launches / one, for comparison), "
-                        "hwattn_persistent (the forward on the persistent tile schedule), hwattn_atomic (dQ by atomics)")
+                        "hwattn_persistent (the forward on the persistent tile schedule), hwattn_atomic (dQ by atomics), "
+                        "fa4 (FlashAttention-4, if flash-attn-4 is installed)")
     p.add_argument("--d", default="64,128", help="head dims (default 64,128)")
     p.add_argument("--n", default=None, help="sequence lengths, comma list (default 512..16384)")
     p.add_argument("--causal", choices=["both", "yes", "no"], default="both")
@@ -47,7 +48,7 @@ def main(args) -> int:
     providers = ALL_PROVIDERS if args.providers == "all" else [p.strip() for p in args.providers.split(",")]
     bad = [p for p in providers if p not in ALL_PROVIDERS + EXTRA_PROVIDERS]
     if bad:
-        raise SystemExit(f"--providers: unknown {bad}; valid: {','.join(ALL_PROVIDERS)}")
+        raise SystemExit(f"--providers: unknown {bad}; valid: {','.join(ALL_PROVIDERS + EXTRA_PROVIDERS)}")
     modes = tuple(m for m in args.modes.split(","))
     if any(m not in ("fwd", "bwd") for m in modes):
         raise SystemExit(f"--modes: expected fwd and/or bwd, got {args.modes!r}")
@@ -98,7 +99,8 @@ def main(args) -> int:
     for col in ("D", "N", "causal", *(f"{p} fwd/bwd" for p in providers), "fwd ratio", "bwd ratio"):
         table.add_column(col, justify="right")
     by = {(r.provider, r.d, r.n, r.causal): r for r in results}
-    ratios = {"fwd": [], "bwd": [], "fwd_cudnn": [], "bwd_cudnn": []}
+    anchors = [p for p in ("sdpa_cudnn", "fa4") if p in providers]  # each gets its own geomean line
+    ratios = {"fwd": [], "bwd": [], **{f"{m}_{a}": [] for a in anchors for m in ("fwd", "bwd")}}
     for cfg in configs:
         key = (cfg.d, cfg.n, int(cfg.causal))
         cells = []
@@ -117,16 +119,18 @@ def main(args) -> int:
                 ratio_cells.append(f"{ratio:.2f}")
             else:
                 ratio_cells.append("-")
-            cud = by.get(("sdpa_cudnn", *key))
-            if mine is not None and cud is not None and not cud.error:
-                ratios[f"{mode}_cudnn"].append(getattr(mine, f"{mode}_tflops") / getattr(cud, f"{mode}_tflops"))
+            for anchor in anchors:
+                peer = by[(anchor, *key)]
+                if mine is not None and not mine.error and not peer.error:
+                    ratios[f"{mode}_{anchor}"].append(getattr(mine, f"{mode}_tflops") / getattr(peer, f"{mode}_tflops"))
         table.add_row(str(cfg.d), str(cfg.n), "yes" if cfg.causal else "no", *cells, *ratio_cells)
     console.print(table)
     if ratios["fwd"]:
         console.print(f"geomean hwattn / best peer: fwd {geomean(ratios['fwd']):.3f}, bwd {geomean(ratios['bwd']):.3f}")
-    if ratios["fwd_cudnn"]:
-        console.print(f"geomean hwattn / cuDNN:     fwd {geomean(ratios['fwd_cudnn']):.3f}, "
-                      f"bwd {geomean(ratios['bwd_cudnn']):.3f}")
+    for anchor in anchors:
+        if ratios[f"fwd_{anchor}"]:
+            console.print(f"geomean hwattn / {anchor}: fwd {geomean(ratios[f'fwd_{anchor}']):.3f}, "
+                          f"bwd {geomean(ratios[f'bwd_{anchor}']):.3f} ({len(ratios[f'fwd_{anchor}'])} configs)")
     for r in results:
         if r.error and not r.error.startswith("skipped"):
             console.print(f"[red]{r.provider} D={r.d} N={r.n} causal={r.causal}: {r.error}[/]")

@@ -86,6 +86,17 @@ def _flex(q, k, v, causal):
     return run
 
 
+def _fa4(q, k, v, causal):
+    """FlashAttention-4 (package flash-attn-4, module flash_attn.cute; CuTe DSL, its Hopper kernels on sm_90):
+    the highest exact anchor. Not a dependency of hwattn: install flash-attn-4 with its CUTLASS DSL wheels to
+    time it. Same (B, N, H, D) layout as ours; its `causal` is bottom-right, equal to ours at Nq = Nk."""
+    try:
+        from flash_attn.cute import flash_attn_func
+    except ImportError as e:
+        raise RuntimeError(f"provider fa4 needs the flash-attn-4 package (flash_attn.cute): {e}") from e
+    return lambda: flash_attn_func(q, k, v, causal=causal)[0]
+
+
 def _naive(q, k, v, causal):
     from ..reference import attention
     return lambda: attention(q, k, v, causal=causal)
@@ -101,5 +112,6 @@ PROVIDERS = {
     "sdpa_flash": _sdpa("FLASH_ATTENTION"),
     "sdpa_efficient": _sdpa("EFFICIENT_ATTENTION"),
     "flex": _flex,
+    "fa4": _fa4,
     "naive": _naive,
 }

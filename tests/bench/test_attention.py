@@ -39,3 +39,17 @@ def test_bench_cli_two_rounds_on_cpu(tmp_path):
 def test_bench_cli_refuses_bad_rounds(tmp_path):
     with pytest.raises(SystemExit, match="--rounds"):
         main(["bench", "--rounds", "0", "--out", str(tmp_path)])
+
+
+def test_fa4_provider_without_the_package_says_what_to_install(monkeypatch):
+    import sys
+
+    import torch
+
+    from hwattn.bench.attention import EXTRA_PROVIDERS
+    from hwattn.bench.providers import PROVIDERS
+    assert "fa4" in EXTRA_PROVIDERS
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", None)  # an import of it now raises ImportError
+    q = torch.randn(1, 16, 2, 64)
+    with pytest.raises(RuntimeError, match="flash-attn-4"):
+        PROVIDERS["fa4"](q, q, q, False)
