@@ -24,15 +24,14 @@ _PRED = re.compile(r"^\s+/\*[0-9a-f]+\*/\s+(@!?U?P\w+\s+)?")
 
 
 def ptxas_tools():
-    """(ptxas, nvdisasm): Triton's own (its NVIDIA backend's bin/), or those in $PTXAS_DIR. Triton >= 3.9
-    compiles sm_90 with its `ptxas-blackwell` (CUDA 13; the older `ptxas` beside it cannot read that PTX's
-    version), so that one is taken where it exists."""
+    """(ptxas, nvdisasm): those in $PTXAS_DIR, else the ptxas the installed Triton itself runs for sm_90 (3.6: its
+    `ptxas`; 3.9: its `ptxas-blackwell`, CUDA 13, whose PTX the older one cannot read) and the nvdisasm beside it."""
     d = os.environ.get("PTXAS_DIR")
-    if not d:
-        import triton
-        d = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    newer = os.path.join(d, "ptxas-blackwell")
-    return (newer if os.path.exists(newer) else os.path.join(d, "ptxas")), os.path.join(d, "nvdisasm")
+    if d:
+        return os.path.join(d, "ptxas"), os.path.join(d, "nvdisasm")
+    from triton.backends.nvidia.compiler import get_ptxas
+    ptxas = get_ptxas(90).path
+    return ptxas, os.path.join(os.path.dirname(ptxas), "nvdisasm")
 
 
 def sass(ptx: str) -> list[str]:

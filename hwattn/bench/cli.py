@@ -11,8 +11,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--providers", default="all",
                    help="comma list from hwattn,sdpa_cudnn,sdpa_flash,sdpa_efficient,flex,naive (default all), or "
                         "hwattn_split / hwattn_fused (our backward forced to two launches / one, for comparison), "
-                        "hwattn_persistent (the forward on the persistent tile schedule), hwattn_atomic (dQ by atomics), "
-                        "fa4 (FlashAttention-4, if flash-attn-4 is installed)")
+                        "hwattn_persistent (the forward on the persistent tile schedule), hwattn_atomic (dQ by "
+                        "atomics), fa4 (FlashAttention-4, if flash-attn-4 is installed)")
     p.add_argument("--d", default="64,128", help="head dims (default 64,128)")
     p.add_argument("--n", default=None, help="sequence lengths, comma list (default 512..16384)")
     p.add_argument("--causal", choices=["both", "yes", "no"], default="both")
@@ -122,7 +122,8 @@ def main(args) -> int:
             for anchor in anchors:
                 peer = by[(anchor, *key)]
                 if mine is not None and not mine.error and not peer.error:
-                    ratios[f"{mode}_{anchor}"].append(getattr(mine, f"{mode}_tflops") / getattr(peer, f"{mode}_tflops"))
+                    ratio = getattr(mine, f"{mode}_tflops") / getattr(peer, f"{mode}_tflops")
+                    ratios[f"{mode}_{anchor}"].append(ratio)
         table.add_row(str(cfg.d), str(cfg.n), "yes" if cfg.causal else "no", *cells, *ratio_cells)
     console.print(table)
     if ratios["fwd"]:
