@@ -36,8 +36,10 @@ for s in "$@"; do
         masks) HWATTN_AUTOTUNE=${MASKS_AUTOTUNE:-0} run masks "${MASKS_LIMIT:-150}" $PY scripts/gpu_masks.py --out "$W/masks" ${MASKS_ARGS:-} ;;
         varlen) run varlen "${VARLEN_LIMIT:-150}" $PY scripts/gpu_varlen_decode.py --out "$W/varlen" \
                     --budget "${VARLEN_BUDGET:-120}" ${VARLEN_ARGS:-} ;;
-        hopper) run hopper "${HOPPER_LIMIT:-200}" $PY scripts/exp_hopper_fwd.py --out "$W/hopper" --n "${HOPPER_N:-16384}" --configs "${HOPPER_CONFIGS:-6}" ;;
-        fp8) HWATTN_AUTOTUNE=${FP8_AUTOTUNE:-1} run fp8 "${FP8_LIMIT:-200}" $PY scripts/gpu_fp8.py --out "$W/fp8" ;;
+        hopper) run hopper "${HOPPER_LIMIT:-200}" $PY scripts/exp_hopper_fwd.py --out "$W/hopper" --n "${HOPPER_N:-16384}" \
+                    --configs "${HOPPER_CONFIGS:-6}" --modes "${HOPPER_MODES:-}" ;;
+        fp8) HWATTN_AUTOTUNE=${FP8_AUTOTUNE:-1} run fp8 "${FP8_LIMIT:-200}" $PY scripts/gpu_fp8.py --out "$W/fp8" ${FP8_ARGS:-} ;;
+        fp8exp) run fp8exp "${FP8EXP_LIMIT:-200}" $PY scripts/exp_fp8_fwd.py --out "$W/fp8exp" ${FP8EXP_ARGS:-} ;;
         lowrank) run lowrank "${LOWRANK_LIMIT:-200}" bash -c "${LOWRANK_CMD:?set LOWRANK_CMD}" ;;
         *) echo "unknown section $s" ;;
     esac
