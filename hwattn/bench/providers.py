@@ -34,6 +34,10 @@ def _hwattn_atomic(q, k, v, causal):
     return _hwattn(q, k, v, causal)
 
 
+def _hwattn_gluon(q, k, v, causal):
+    return _hwattn(q, k, v, causal)
+
+
 # the backward forced to two launches (dK/dV, then dQ) or to one, whatever HWATTN_BWD=auto would pick
 _hwattn_split.env = {"HWATTN_BWD": "split"}
 _hwattn_fused.env = {"HWATTN_BWD": "fused"}
@@ -41,6 +45,8 @@ _hwattn_fused.env = {"HWATTN_BWD": "fused"}
 _hwattn_atomic.env = {"HWATTN_BWD": "atomic"}
 # the forward on the persistent, longest-first tile schedule (opt-in until timed: forward.forward_schedule)
 _hwattn_persistent.env = {"HWATTN_FWD_SCHEDULE": "persistent"}
+# the forward on the hand-scheduled Gluon Hopper kernel where it applies (ops/flash/hopper.py; backward unchanged)
+_hwattn_gluon.env = {"HWATTN_FWD_KERNEL": "gluon"}
 
 
 def _sdpa(backend_name):
@@ -108,6 +114,7 @@ PROVIDERS = {
     "hwattn_fused": _hwattn_fused,
     "hwattn_persistent": _hwattn_persistent,
     "hwattn_atomic": _hwattn_atomic,
+    "hwattn_gluon": _hwattn_gluon,
     "sdpa_cudnn": _sdpa("CUDNN_ATTENTION"),
     "sdpa_flash": _sdpa("FLASH_ATTENTION"),
     "sdpa_efficient": _sdpa("EFFICIENT_ATTENTION"),

@@ -4,6 +4,8 @@ One program owns a block of BLOCK_M query rows of one head; Q stays in registers
 stream through, so HBM sees Q, K, V once per query block and O once: O(N) memory, no N x N scores.
 """
 
+import warnings
+
 import torch
 import triton
 import triton.language as tl
@@ -306,6 +308,23 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def forward_kernel() -> str:
+    """HWATTN_FWD_KERNEL: "portable" (default: the Triton kernel of this file, every GPU and the interpreter) or
+    "gluon" (the hand-scheduled Hopper forward of `hopper.py` where it applies: sm_90, fp16 / bf16, head_dim 64
+    or 128, no score mods, windows or block masks; elsewhere the portable kernel, with a warning once per
+    reason). The backward is the portable one either way (it reads the same LSE)."""
+    return env_choice("HWATTN_FWD_KERNEL", ("portable", "gluon"))
+
+
+_FALLBACKS_SAID: set = set()
+
+
+def _say_fallback(reason: str) -> None:
+    if reason not in _FALLBACKS_SAID:
+        _FALLBACKS_SAID.add(reason)
+        warnings.warn(f"HWATTN_FWD_KERNEL=gluon: {reason}; this call runs the portable forward", stacklevel=3)
+
+
 def forward_schedule() -> str:
     """HWATTN_FWD_SCHEDULE: "grid" (default: one program per query block, causal longest-first) or
     "persistent" (about as many programs as the GPU holds at once, each walking tiles longest-first:
@@ -337,6 +356,13 @@ def flash_fwd(q, k, v, causal: bool, softmax_scale: float, block_mask=None, desc
     FP8 (e4m3) inputs: descale = (descale_q (B, Hq), descale_k (B, Hkv), descale_v (B, Hkv)), contiguous
     float32; v may be seqlen-major (v.stride(1) == 1, any stride along D). out_dtype: default q's dtype.
     mods: a score_mods.ScoreMods (window, ALiBi, softcap, relative bias), validated; None = none."""
+    if descale is None and out_dtype is None and forward_kernel() != "portable":
+        from . import hopper
+        reason = hopper.unsupported_reason(q, k, v, causal, block_mask, mods)
+        if reason is None:
+            return hopper.hopper_fwd(q, k, v, causal, softmax_scale)
+        if forward_kernel() == "gluon":
+            _say_fallback(reason)
     B, n_q, n_heads, head_dim = q.shape
     n_k, n_kv_heads = k.shape[1], k.shape[2]
     if v.stride(-1) != 1 and block_mask is not None:
