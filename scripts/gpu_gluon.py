@@ -53,7 +53,24 @@ def torch_math(q, k, v, causal):
     return torch.nan_to_num(o.transpose(1, 2))  # its fully masked rows are NaN; ours (and the reference's) 0
 
 
-def check(out_dir):
+def parse_variants(text):
+    """"default,persistent,s2,persistent+s2" -> overrides of hopper.config: "persistent" = PERSISTENT=True,
+    "sN" = STAGES=N, "+" combines; "default" = hopper.config's own pick."""
+    out = {}
+    for name in filter(None, text.split(",")):
+        cfg = {}
+        for part in name.split("+"):
+            if part == "persistent":
+                cfg["PERSISTENT"] = True
+            elif part.startswith("s") and part[1:].isdigit():
+                cfg["STAGES"] = int(part[1:])
+            elif part != "default":
+                raise ValueError(f"unknown variant part {part!r} in {name!r}")
+        out[name] = cfg
+    return out
+
+
+def check(out_dir, variants):
     cases = [  # B, Nq, Nk, H, Hk, D, causal, dtype, scale, strided
         (2, 1, 1, 4, 4, 128, False, torch.bfloat16, 1, False),
         (2, 1, 300, 4, 4, 128, True, torch.bfloat16, 1, False),
@@ -70,7 +87,8 @@ def check(out_dir):
         (1, 2048, 2048, 4, 4, 64, True, torch.float16, 8, False),
     ]
     rows, failures = [], 0
-    for B, n_q, n_k, H, Hk, D, causal, dtype, scale, strided in cases:
+    for (B, n_q, n_k, H, Hk, D, causal, dtype, scale, strided), (vname, vcfg) in (
+            (c, v) for v in variants.items() for c in (cases if v[0] == "default" else cases[1::2])):
         torch.manual_seed(n_q * 7 + n_k)
         q, k, v = inputs(B, n_q, n_k, H, Hk, D, dtype, scale, strided)
         reason = hopper.unsupported_reason(q, k, v, causal, None, None)
@@ -78,7 +96,7 @@ def check(out_dir):
             log("UNSUPPORTED", (B, n_q, n_k, H, Hk, D, causal, dtype), reason)
             failures += 1
             continue
-        o, lse2 = hopper.hopper_fwd(q, k, v, causal, 1.0 / math.sqrt(D))
+        o, lse2 = hopper.hopper_fwd(q, k, v, causal, 1.0 / math.sqrt(D), vcfg)
         torch.cuda.synchronize()
         ref, ref_lse = reference.attention(q.double(), k.double(), v.double(), causal=causal, return_lse=True)
         math_o = torch_math(q, k, v, causal)
@@ -90,7 +108,7 @@ def check(out_dir):
         ok = err <= BOUND[dtype] and err <= 2 * max(math_err, 1e-4) and lse_err < 1e-3 and lse_inf_ok \
             and not torch.isnan(o).any()
         failures += not ok
-        row = dict(B=B, n_q=n_q, n_k=n_k, H=H, Hk=Hk, D=D, causal=causal, dtype=str(dtype).split(".")[-1],
+        row = dict(variant=vname, B=B, n_q=n_q, n_k=n_k, H=H, Hk=Hk, D=D, causal=causal, dtype=str(dtype).split(".")[-1],
                    scale=scale, strided=strided, rel_err=f"{err:.3e}", math_rel_err=f"{math_err:.3e}",
                    lse_max_abs_err=f"{lse_err:.2e}", ok=ok)
         rows.append(row)
@@ -111,7 +129,7 @@ def check(out_dir):
         failures += not ok
         log("OK " if ok else "BAD", f"flash_attention gluon fwd + portable bwd causal={causal}: out/dq/dk/dv rel err",
             [f"{e:.2e}" for e in errs])
-        rows.append(dict(B=2, n_q=1000, n_k=1000, H=8, Hk=2, D=128, causal=causal, dtype="bfloat16", scale=1,
+        rows.append(dict(variant="default", B=2, n_q=1000, n_k=1000, H=8, Hk=2, D=128, causal=causal, dtype="bfloat16", scale=1,
                          strided=False, rel_err=";".join(f"{e:.3e}" for e in errs), math_rel_err="",
                          lse_max_abs_err="", ok=ok))
     os.environ.pop("HWATTN_FWD_KERNEL")
@@ -123,7 +141,7 @@ def check(out_dir):
     return failures
 
 
-def bench(out_dir, ds, ns, rounds):
+def bench(out_dir, ds, ns, rounds, variants):
     import triton
     from torch.nn.attention import SDPBackend, sdpa_kernel
     import torch.nn.functional as F
@@ -143,10 +161,11 @@ def bench(out_dir, ds, ns, rounds):
                         with sdpa_kernel(backend):
                             return F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal)
                     return run
-                fns = {"gluon": lambda: hopper.hopper_fwd(q, k, v, causal, scale),
-                       "portable": lambda: flash_fwd(q, k, v, causal, scale),
+                fns = {f"gluon_{name}": (lambda c=cfg: hopper.hopper_fwd(q, k, v, causal, scale, c))
+                       for name, cfg in variants.items()}
+                fns.update({"portable": lambda: flash_fwd(q, k, v, causal, scale),
                        "sdpa_cudnn": sdpa(SDPBackend.CUDNN_ATTENTION),
-                       "sdpa_flash": sdpa(SDPBackend.FLASH_ATTENTION)}
+                       "sdpa_flash": sdpa(SDPBackend.FLASH_ATTENTION)})
                 for fn in fns.values():
                     fn()  # compile / autotune outside the timing
                 best = {name: float("inf") for name in fns}
@@ -155,8 +174,8 @@ def bench(out_dir, ds, ns, rounds):
                         best[name] = min(best[name], triton.testing.do_bench(fn))
                 row = dict(D=D, N=n, B=B, H=H, causal=causal)
                 row.update({f"{name}_tflops": round(flops / ms / 1e9, 1) for name, ms in best.items()})
-                row["gluon_over_cudnn"] = round(best["sdpa_cudnn"] / best["gluon"], 3)
-                row["gluon_over_portable"] = round(best["portable"] / best["gluon"], 3)
+                for name in variants:
+                    row[f"{name}_over_cudnn"] = round(best["sdpa_cudnn"] / best[f"gluon_{name}"], 3)
                 rows.append(row)
                 log(row)
     with open(os.path.join(out_dir, "bench.csv"), "w", newline="") as f:
@@ -172,14 +191,16 @@ def main():
     p.add_argument("--d", default="128,64")
     p.add_argument("--n", default="512,1024,2048,4096,8192,16384")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--variants", default="default", help="comma list: default, persistent, sN (N stages), combined with +")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     log(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", __import__("triton").__version__)
     failures = 0
     if "check" in a.sections:
-        failures = check(a.out)
+        failures = check(a.out, parse_variants(a.variants))
     if "bench" in a.sections:
-        bench(a.out, [int(x) for x in a.d.split(",")], [int(x) for x in a.n.split(",")], a.rounds)
+        bench(a.out, [int(x) for x in a.d.split(",")], [int(x) for x in a.n.split(",")], a.rounds,
+              parse_variants(a.variants))
     sys.exit(1 if failures else 0)
 
 

@@ -38,6 +38,10 @@ def _hwattn_gluon(q, k, v, causal):
     return _hwattn(q, k, v, causal)
 
 
+def _hwattn_portable(q, k, v, causal):
+    return _hwattn(q, k, v, causal)
+
+
 # the backward forced to two launches (dK/dV, then dQ) or to one, whatever HWATTN_BWD=auto would pick
 _hwattn_split.env = {"HWATTN_BWD": "split"}
 _hwattn_fused.env = {"HWATTN_BWD": "fused"}
@@ -45,8 +49,11 @@ _hwattn_fused.env = {"HWATTN_BWD": "fused"}
 _hwattn_atomic.env = {"HWATTN_BWD": "atomic"}
 # the forward on the persistent, longest-first tile schedule (opt-in until timed: forward.forward_schedule)
 _hwattn_persistent.env = {"HWATTN_FWD_SCHEDULE": "persistent"}
-# the forward on the hand-scheduled Gluon Hopper kernel where it applies (ops/flash/hopper.py; backward unchanged)
+# the forward on the hand-scheduled Gluon Hopper kernel wherever it applies, not only where "auto" takes it
+# (ops/flash/hopper.py; backward unchanged)
 _hwattn_gluon.env = {"HWATTN_FWD_KERNEL": "gluon"}
+# the portable Triton forward everywhere (what "hwattn" runs off sm_90)
+_hwattn_portable.env = {"HWATTN_FWD_KERNEL": "portable"}
 
 
 def _sdpa(backend_name):
@@ -115,6 +122,7 @@ PROVIDERS = {
     "hwattn_persistent": _hwattn_persistent,
     "hwattn_atomic": _hwattn_atomic,
     "hwattn_gluon": _hwattn_gluon,
+    "hwattn_portable": _hwattn_portable,
     "sdpa_cudnn": _sdpa("CUDNN_ATTENTION"),
     "sdpa_flash": _sdpa("FLASH_ATTENTION"),
     "sdpa_efficient": _sdpa("EFFICIENT_ATTENTION"),

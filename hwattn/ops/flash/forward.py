@@ -309,11 +309,13 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 def forward_kernel() -> str:
-    """HWATTN_FWD_KERNEL: "portable" (default: the Triton kernel of this file, every GPU and the interpreter) or
-    "gluon" (the hand-scheduled Hopper forward of `hopper.py` where it applies: sm_90, fp16 / bf16, head_dim 64
-    or 128, no score mods, windows or block masks; elsewhere the portable kernel, with a warning once per
-    reason). The backward is the portable one either way (it reads the same LSE)."""
-    return env_choice("HWATTN_FWD_KERNEL", ("portable", "gluon"))
+    """HWATTN_FWD_KERNEL: "auto" (default: the hand-scheduled Gluon Hopper forward of `hopper.py` where it
+    applies and was measured faster, `hopper.preferred`; the Triton kernel of this file everywhere else),
+    "portable" (always this file's kernel) or "gluon" (the Gluon kernel wherever it applies: sm_90, fp16 /
+    bf16, head_dim 64 or 128, no score mods, windows or block masks, TMA-aligned rows; elsewhere the portable
+    kernel, with a warning once per reason). The backward is the portable one either way (it reads the same
+    LSE)."""
+    return env_choice("HWATTN_FWD_KERNEL", ("auto", "portable", "gluon"))
 
 
 _FALLBACKS_SAID: set = set()
@@ -356,12 +358,15 @@ def flash_fwd(q, k, v, causal: bool, softmax_scale: float, block_mask=None, desc
     FP8 (e4m3) inputs: descale = (descale_q (B, Hq), descale_k (B, Hkv), descale_v (B, Hkv)), contiguous
     float32; v may be seqlen-major (v.stride(1) == 1, any stride along D). out_dtype: default q's dtype.
     mods: a score_mods.ScoreMods (window, ALiBi, softcap, relative bias), validated; None = none."""
-    if descale is None and out_dtype is None and forward_kernel() != "portable":
+    kernel = forward_kernel()
+    # an explicit HWATTN_FWD_SCHEDULE=persistent asks for this file's persistent schedule: auto keeps it
+    auto = kernel == "auto" and q.is_cuda and forward_schedule() == "grid"
+    if descale is None and out_dtype is None and (kernel == "gluon" or auto):
         from . import hopper
         reason = hopper.unsupported_reason(q, k, v, causal, block_mask, mods)
-        if reason is None:
+        if reason is None and (kernel == "gluon" or hopper.preferred(q.shape[-1], k.shape[1])):
             return hopper.hopper_fwd(q, k, v, causal, softmax_scale)
-        if forward_kernel() == "gluon":
+        if reason is not None and kernel == "gluon":
             _say_fallback(reason)
     B, n_q, n_heads, head_dim = q.shape
     n_k, n_kv_heads = k.shape[1], k.shape[2]

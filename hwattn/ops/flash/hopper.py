@@ -3,16 +3,18 @@
 Triton's automatic warp specialisation (up to 3.9) does not build FA3's schedule for this loop
 (docs/hopper.md), so this kernel states it explicitly with Gluon's Hopper primitives:
 
-- one program owns BLOCK_M = 128 query rows of one head, split between two *consumer* warpgroups of 64 rows
-  (the default partition and a 4-warp worker), each with its own Q tile, scores and O accumulator in
+- a program owns BLOCK_M = 128 query rows of one head (a tile), split between two *consumer* warpgroups of
+  64 rows (the default partition and a 4-warp worker), each with its own Q tile, scores and O accumulator in
   registers (240 of them each, by register reallocation);
-- a one-warp *loader* partition (24 registers) streams K and V blocks by TMA into a STAGES-deep ring of
+- a one-warp *loader* partition (24 registers) streams K and V blocks by TMA into a 3-deep ring of
   shared-memory buffers, signalled by mbarriers (`k_ready` / `v_ready` per stage; the two consumers
   release a stage on `kv_free`, counted to 2);
 - each consumer pipelines its own warpgroup (FA3's intra-warpgroup overlap): S_j = Q K_j^T is issued
   asynchronously before P_{j-1} V_{j-1}, so the tensor cores run block j-1's PV product while the warps
-  compute block j's softmax; the two warpgroups are not coupled, so one's softmax also runs under the
-  other's matmuls.
+  compute block j's softmax. The two warpgroups are not coupled: FA3's ping-pong (taking turns to issue
+  wgmmas) was built and measured, and moved nothing here (docs/hopper.md);
+- one tile per program, longest first when causal; or (short non-causal sequences) a persistent grid of one
+  program per SM walking tiles, the next tile's Q loading while this one finishes.
 
 Scores stay in the log2 domain (one FMA scales and subtracts the max; exp2 is one MUFU op) like the portable
 kernel, and the LSE written is the same (log2 domain, +inf for rows that see no key), so the portable
@@ -23,9 +25,11 @@ sequence's end are zero-filled on load and clipped on store by the hardware, per
 Supported: fp16 / bf16, head_dim 64 or 128, causal (bottom-right, as the portable kernel) or not, GQA / MQA,
 (heads, head_dim) contiguous with 16-byte-aligned rows. Everything else (score mods, windows, block masks,
 other head dims, fp32, FP8) stays on the portable kernel. GPU only: Triton's interpreter does not run Gluon;
-CPU checks are offline compiles for sm_90 (`scripts/gluon_compile_check.py`).
+CPU checks are offline compiles for sm_90 (`compile_sm90`, tests/ops/test_flash_hopper.py).
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -44,11 +48,23 @@ BLOCK_M = 2 * SPLIT_M
 HEAD_DIMS = (64, 128)
 
 
-def config(head_dim: int, causal: bool) -> dict:
-    """Key block and ring depth: K + V + both Q tiles must fit 227 KB of shared memory."""
+def config(head_dim: int, causal: bool, n_k: int = 4096) -> dict:
+    """Key block, ring depth and schedule; K + V + both Q tiles must fit 227 KB of shared memory. Picked on an
+    H200 (docs/hopper.md, 2026-12-04): 3 stages beat 2 by 10-19% (the loader runs two blocks ahead). The
+    persistent schedule (one program per SM walking tiles, the next tile's Q loading under this one's
+    epilogue) wins only where tiles are short and all alike: non-causal, Nk <= 512 (+23% at D = 128); it lost
+    2-30% causal (no global longest-first order) and 0-5% at longer Nk."""
+    persistent = not causal and n_k <= 512
     if head_dim == 64:
-        return dict(BLOCK_N=128, STAGES=3)   # 3 x 32 KB + 16 KB
-    return dict(BLOCK_N=128, STAGES=2)       # 2 x 64 KB + 32 KB
+        return dict(BLOCK_N=128, STAGES=3, PERSISTENT=persistent)   # 3 x 32 KB + 16 KB
+    return dict(BLOCK_N=128, STAGES=3, PERSISTENT=persistent)       # 3 x 64 KB + 32 KB: 224 KB of 227
+
+
+def preferred(head_dim: int, n_k: int) -> bool:
+    """Where HWATTN_FWD_KERNEL=auto takes this kernel over the portable one: where it was measured faster
+    (H200, 2026-12-04): every length at D = 128 (1.1-1.3x), Nk >= 4096 at D = 64 (1.0-1.13x; at Nk <= 1024
+    the portable kernel is 1.0-1.2x faster, 2048 was not measured)."""
+    return head_dim == 128 or n_k >= 4096
 
 
 if HAVE_GLUON:
@@ -57,22 +73,51 @@ if HAVE_GLUON:
     _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
 
     @gluon.jit
-    def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_free,
-                        b, h, hk, m0, n_blocks, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
-        """Q once for both consumers, then K and V block j into stage j % STAGES once both released it."""
+    def _tile(t, n_m_blocks, n_q, n_k, n_heads, group, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr,
+              BLOCK_N: gl.constexpr):
+        """Tile t: query block m of head (b, h), its kv head, its number of key blocks and the first that
+        needs the element mask (blocks wholly inside the sequence and left of the diagonal need none).
+        A head's query blocks are consecutive tiles, longest (most keys, when causal) first, so the programs
+        running at once share a head's K / V in L2."""
+        bh = t // n_m_blocks
+        m0 = (n_m_blocks - 1 - t % n_m_blocks) * BLOCK_M
+        b = bh // n_heads
+        h = bh % n_heads
+        hi = n_k
+        first_masked = n_k // BLOCK_N
+        if CAUSAL:
+            hi = gl.maximum(gl.minimum(n_k, m0 + BLOCK_M + n_k - n_q), 0)
+            first_masked = gl.minimum(first_masked, gl.maximum(m0 + n_k - n_q + 1, 0) // BLOCK_N)
+        return b, h, h // group, m0, gl.cdiv(hi, BLOCK_N), first_masked
+
+    @gluon.jit
+    def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free,
+                        n_tiles, n_m_blocks, n_q, n_k, n_heads, group, CAUSAL: gl.constexpr, BLOCK_N: gl.constexpr,
+                        STAGES: gl.constexpr):
+        """Per tile: each consumer's Q once it released the last one, then K and V block after block into the
+        ring, a stage once both consumers released it. `count` numbers blocks across tiles (ring position
+        and phase)."""
         split_m: gl.constexpr = q_desc.block_type.shape[1]
         head_dim: gl.constexpr = q_desc.block_type.shape[2]
-        for i in gl.static_range(2):
-            mbarrier.expect(q_bar.index(i), q_desc.block_type.nbytes)
-            _tma_load(q_desc, [b, m0 + i * split_m, h * head_dim], q_bar.index(i), q_smem.index(i))
-        for j in range(n_blocks):
-            stage = j % STAGES
-            # a fresh mbarrier counts as having completed the phase before 0: the first pass does not wait
-            mbarrier.wait(kv_free.index(stage), ((j // STAGES) & 1) ^ 1)
-            mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
-            _tma_load(k_desc, [b, j * BLOCK_N, hk * head_dim], k_ready.index(stage), k_smem.index(stage))
-            mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
-            _tma_load(v_desc, [b, j * BLOCK_N, hk * head_dim], v_ready.index(stage), v_smem.index(stage))
+        count = 0
+        i_tile = 0
+        for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+            b, h, hk, m0, n_blocks, first_masked = _tile(t, n_m_blocks, n_q, n_k, n_heads, group, CAUSAL,
+                                                         2 * split_m, BLOCK_N)
+            for i in gl.static_range(2):
+                # a fresh mbarrier counts as having completed the phase before 0: the first waits pass
+                mbarrier.wait(q_free.index(i), (i_tile & 1) ^ 1)
+                mbarrier.expect(q_bar.index(i), q_desc.block_type.nbytes)
+                _tma_load(q_desc, [b, m0 + i * split_m, h * head_dim], q_bar.index(i), q_smem.index(i))
+            for j in range(n_blocks):
+                stage = count % STAGES
+                mbarrier.wait(kv_free.index(stage), ((count // STAGES) & 1) ^ 1)
+                mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
+                _tma_load(k_desc, [b, j * BLOCK_N, hk * head_dim], k_ready.index(stage), k_smem.index(stage))
+                mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
+                _tma_load(v_desc, [b, j * BLOCK_N, hk * head_dim], v_ready.index(stage), v_smem.index(stage))
+                count += 1
+            i_tile += 1
 
     @gluon.jit
     def _softmax_block(s, m_i, l_i, rows, cols, n_q, n_k, qk_scale, masked, CAUSAL: gl.constexpr):
@@ -92,10 +137,11 @@ if HAVE_GLUON:
         return p, alpha, l_i, m_new
 
     @gluon.jit
-    def _consumer_partition(WG: gl.constexpr, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_free,
-                            o_desc, lse_ptr, b, h, n_heads, m0, n_q, n_k, n_blocks, first_masked, qk_scale,
-                            CAUSAL: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
-        """Warpgroup WG's 64 query rows through every key block, S_j issued before P_{j-1} V_{j-1}."""
+    def _consumer_partition(WG: gl.constexpr, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free,
+                            o_desc, o_ptr, stride_ob, stride_on, lse_ptr, n_tiles, n_m_blocks, n_q, n_k, n_heads,
+                            group, qk_scale, CAUSAL: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                            PERSISTENT: gl.constexpr):
+        """Warpgroup WG's 64 query rows of each tile through every key block, S_j issued before P_{j-1} V_{j-1}."""
         split_m: gl.constexpr = o_desc.block_type.shape[1]
         head_dim: gl.constexpr = o_desc.block_type.shape[2]
         dtype: gl.constexpr = o_desc.dtype
@@ -106,102 +152,108 @@ if HAVE_GLUON:
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
         o_row_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
-
-        rows = m0 + WG * split_m + gl.arange(0, split_m, layout=row_layout)
         offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
         zero_s = gl.zeros([split_m, BLOCK_N], gl.float32, s_layout)
-        acc = gl.zeros([split_m, head_dim], gl.float32, o_layout)
-        m_i = gl.full([split_m], float("-inf"), gl.float32, row_layout)
-        l_i = gl.zeros([split_m], gl.float32, row_layout)
-
-        mbarrier.wait(q_bar.index(WG), 0)
         q = q_smem.index(WG).reshape([split_m, head_dim])
-        if n_blocks > 0:
-            mbarrier.wait(k_ready.index(0), 0)
-            s = warpgroup_mma(q, k_smem.index(0).reshape([BLOCK_N, head_dim]).permute((1, 0)), zero_s,
-                              use_acc=False, is_async=True)
-            s = warpgroup_mma_wait(0, deps=(s, ))
-            p, alpha, l_i, m_i = _softmax_block(s, m_i, l_i, rows, offs_n, n_q, n_k, qk_scale, first_masked <= 0,
-                                                CAUSAL)
-            p_op = gl.convert_layout(p.to(dtype), p_layout)
-            for j in range(1, n_blocks):
-                stage = j % STAGES
-                prev = (j - 1) % STAGES
-                mbarrier.wait(k_ready.index(stage), (j // STAGES) & 1)
-                s_tok = warpgroup_mma(q, k_smem.index(stage).reshape([BLOCK_N, head_dim]).permute((1, 0)), zero_s,
-                                      use_acc=False, is_async=True)
-                mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
-                acc_tok = warpgroup_mma(p_op, v_smem.index(prev).reshape([BLOCK_N, head_dim]), acc, is_async=True)
-                # wgmma groups retire in order: one outstanding = S_j done, P_{j-1} V_{j-1} still running
-                s = warpgroup_mma_wait(1, deps=(s_tok, ))
-                p, alpha, l_i, m_i = _softmax_block(s, m_i, l_i, rows, j * BLOCK_N + offs_n, n_q, n_k, qk_scale,
-                                                    j >= first_masked, CAUSAL)
-                acc = warpgroup_mma_wait(0, deps=(acc_tok, ))
-                mbarrier.arrive(kv_free.index(prev), count=1)
-                acc = acc * gl.convert_layout(alpha, o_row_layout)[:, None]
+
+        count = 0
+        i_tile = 0
+        for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+            b, h, hk, m0, n_blocks, first_masked = _tile(t, n_m_blocks, n_q, n_k, n_heads, group, CAUSAL,
+                                                         2 * split_m, BLOCK_N)
+            rows = m0 + WG * split_m + gl.arange(0, split_m, layout=row_layout)
+            acc = gl.zeros([split_m, head_dim], gl.float32, o_layout)
+            m_i = gl.full([split_m], float("-inf"), gl.float32, row_layout)
+            l_i = gl.zeros([split_m], gl.float32, row_layout)
+            mbarrier.wait(q_bar.index(WG), i_tile & 1)
+            if n_blocks > 0:
+                stage = count % STAGES
+                mbarrier.wait(k_ready.index(stage), (count // STAGES) & 1)
+                s = warpgroup_mma(q, k_smem.index(stage).reshape([BLOCK_N, head_dim]).permute((1, 0)), zero_s,
+                                  use_acc=False, is_async=True)
+                s = warpgroup_mma_wait(0, deps=(s, ))
+                p, alpha, l_i, m_i = _softmax_block(s, m_i, l_i, rows, offs_n, n_q, n_k, qk_scale,
+                                                    first_masked <= 0, CAUSAL)
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
-            last = (n_blocks - 1) % STAGES
-            mbarrier.wait(v_ready.index(last), ((n_blocks - 1) // STAGES) & 1)
-            acc = warpgroup_mma(p_op, v_smem.index(last).reshape([BLOCK_N, head_dim]), acc, is_async=True)
-            acc = warpgroup_mma_wait(0, deps=(acc, ))
-            mbarrier.arrive(kv_free.index(last), count=1)
+                for j in range(1, n_blocks):
+                    prev = (count + j - 1) % STAGES
+                    stage = (count + j) % STAGES
+                    mbarrier.wait(k_ready.index(stage), ((count + j) // STAGES) & 1)
+                    s_tok = warpgroup_mma(q, k_smem.index(stage).reshape([BLOCK_N, head_dim]).permute((1, 0)),
+                                          zero_s, use_acc=False, is_async=True)
+                    mbarrier.wait(v_ready.index(prev), ((count + j - 1) // STAGES) & 1)
+                    acc_tok = warpgroup_mma(p_op, v_smem.index(prev).reshape([BLOCK_N, head_dim]), acc,
+                                            is_async=True)
+                    # wgmma groups retire in order: one outstanding = S_j done, P_{j-1} V_{j-1} still running
+                    s = warpgroup_mma_wait(1, deps=(s_tok, ))
+                    p, alpha, l_i, m_i = _softmax_block(s, m_i, l_i, rows, j * BLOCK_N + offs_n, n_q, n_k,
+                                                        qk_scale, j >= first_masked, CAUSAL)
+                    acc = warpgroup_mma_wait(0, deps=(acc_tok, ))
+                    mbarrier.arrive(kv_free.index(prev), count=1)
+                    acc = acc * gl.convert_layout(alpha, o_row_layout)[:, None]
+                    p_op = gl.convert_layout(p.to(dtype), p_layout)
+                last = (count + n_blocks - 1) % STAGES
+                mbarrier.wait(v_ready.index(last), ((count + n_blocks - 1) // STAGES) & 1)
+                acc = warpgroup_mma(p_op, v_smem.index(last).reshape([BLOCK_N, head_dim]), acc, is_async=True)
+                acc = warpgroup_mma_wait(0, deps=(acc, ))
+                mbarrier.arrive(kv_free.index(last), count=1)
+            count += n_blocks
+            i_tile += 1
 
-        # rows that saw no key: O = 0, LSE = +inf (the portable kernel's convention)
-        empty = l_i == 0.0
-        lse = gl.where(empty, float("inf"), m_i + gl.log2(gl.where(empty, 1.0, l_i)))
-        lse_base = (b * n_heads + h).to(gl.int64) * n_q
-        gl.store(lse_ptr + lse_base + rows, lse, mask=rows < n_q)
-        inv_l = gl.convert_layout(1.0 / gl.where(empty, 1.0, l_i), o_row_layout)
-        o = (acc * inv_l[:, None]).to(dtype)
-        # Q's tile is free now (its last wgmma retired): stage O there for the TMA store, clipped at Nq
-        o_smem = q_smem.index(WG)
-        o_smem.reshape([split_m, head_dim]).store(o)
-        fence_async_shared()
-        _tma_store(o_desc, [b, m0 + WG * split_m, h * head_dim], o_smem)
-        tma.store_wait(0)
+            # rows that saw no key: O = 0, LSE = +inf (the portable kernel's convention)
+            empty = l_i == 0.0
+            lse = gl.where(empty, float("inf"), m_i + gl.log2(gl.where(empty, 1.0, l_i)))
+            gl.store(lse_ptr + (b * n_heads + h).to(gl.int64) * n_q + rows, lse, mask=rows < n_q)
+            inv_l = gl.convert_layout(1.0 / gl.where(empty, 1.0, l_i), o_row_layout)
+            o = (acc * inv_l[:, None]).to(dtype)
+            if PERSISTENT:
+                # the next tile's Q may land in this tile's buffer now: O goes out from registers
+                mbarrier.arrive(q_free.index(WG), count=1)
+                o_rows = m0 + WG * split_m + gl.arange(0, split_m, layout=o_row_layout)
+                offs_d = gl.arange(0, head_dim, layout=gl.SliceLayout(0, o_layout))
+                o_ptrs = (o_ptr + b.to(gl.int64) * stride_ob + o_rows.to(gl.int64)[:, None] * stride_on
+                          + h * head_dim + offs_d[None, :])
+                gl.store(o_ptrs, o, mask=(o_rows < n_q)[:, None])
+            else:
+                # one tile per program: stage O in Q's buffer (its last wgmma retired) for a TMA store,
+                # which the hardware clips at Nq
+                o_smem = q_smem.index(WG)
+                o_smem.reshape([split_m, head_dim]).store(o)
+                fence_async_shared()
+                _tma_store(o_desc, [b, m0 + WG * split_m, h * head_dim], o_smem)
+                tma.store_wait(0)
 
     @gluon.jit
-    def _consumer0(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_free, o_desc, lse_ptr, b, h, n_heads, m0,
-                   n_q, n_k, n_blocks, first_masked, qk_scale, CAUSAL: gl.constexpr, BLOCK_N: gl.constexpr,
-                   STAGES: gl.constexpr):
-        _consumer_partition(0, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_free, o_desc, lse_ptr, b, h,
-                            n_heads, m0, n_q, n_k, n_blocks, first_masked, qk_scale, CAUSAL, BLOCK_N, STAGES)
+    def _consumer0(q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc, o_ptr, stride_ob,
+                   stride_on, lse_ptr, n_tiles, n_m_blocks, n_q, n_k, n_heads, group, qk_scale, CAUSAL: gl.constexpr,
+                   BLOCK_N: gl.constexpr, STAGES: gl.constexpr, PERSISTENT: gl.constexpr):
+        _consumer_partition(0, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc, o_ptr,
+                            stride_ob, stride_on, lse_ptr, n_tiles, n_m_blocks, n_q, n_k, n_heads, group, qk_scale,
+                            CAUSAL, BLOCK_N, STAGES, PERSISTENT)
 
     @gluon.jit
-    def _consumer1(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_free, o_desc, lse_ptr, b, h, n_heads, m0,
-                   n_q, n_k, n_blocks, first_masked, qk_scale, CAUSAL: gl.constexpr, BLOCK_N: gl.constexpr,
-                   STAGES: gl.constexpr):
-        _consumer_partition(1, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_free, o_desc, lse_ptr, b, h,
-                            n_heads, m0, n_q, n_k, n_blocks, first_masked, qk_scale, CAUSAL, BLOCK_N, STAGES)
+    def _consumer1(q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc, o_ptr, stride_ob,
+                   stride_on, lse_ptr, n_tiles, n_m_blocks, n_q, n_k, n_heads, group, qk_scale, CAUSAL: gl.constexpr,
+                   BLOCK_N: gl.constexpr, STAGES: gl.constexpr, PERSISTENT: gl.constexpr):
+        _consumer_partition(1, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc, o_ptr,
+                            stride_ob, stride_on, lse_ptr, n_tiles, n_m_blocks, n_q, n_k, n_heads, group, qk_scale,
+                            CAUSAL, BLOCK_N, STAGES, PERSISTENT)
 
     @gluon.jit
-    def _fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, n_q, n_k, n_heads, group, qk_scale,
-                    CAUSAL: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
-        split_m: gl.constexpr = q_desc.block_type.shape[1]
-        # causal: the longest query blocks (most keys) launch first, short ones fill the tail
-        pid_m = gl.num_programs(0) - 1 - gl.program_id(0)
-        bh = gl.program_id(1)
-        b = bh // n_heads
-        h = bh % n_heads
-        hk = h // group
-        m0 = pid_m * (2 * split_m)
-        hi = n_k
-        # blocks wholly inside the sequence and left of the diagonal need no element mask
-        first_masked = n_k // BLOCK_N
-        if CAUSAL:
-            hi = gl.maximum(gl.minimum(n_k, m0 + 2 * split_m + n_k - n_q), 0)
-            first_masked = gl.minimum(first_masked, gl.maximum(m0 + n_k - n_q + 1, 0) // BLOCK_N)
-        n_blocks = gl.cdiv(hi, BLOCK_N)
-
+    def _fwd_kernel(q_desc, k_desc, v_desc, o_desc, o_ptr, stride_ob, stride_on, lse_ptr, n_tiles, n_m_blocks,
+                    n_q, n_k, n_heads, group, qk_scale, CAUSAL: gl.constexpr, BLOCK_N: gl.constexpr,
+                    STAGES: gl.constexpr, PERSISTENT: gl.constexpr):
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
         v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
         q_bar = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        q_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         kv_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(2):
             mbarrier.init(q_bar.index(i), count=1)
+            mbarrier.init(q_free.index(i), count=1)
         for i in gl.static_range(STAGES):
             mbarrier.init(k_ready.index(i), count=1)
             mbarrier.init(v_ready.index(i), count=1)
@@ -209,12 +261,14 @@ if HAVE_GLUON:
 
         # the tuples are written out in place: bound to a name first, their constexprs became tensors (3.6)
         gl.warp_specialize([
-            (_consumer0, (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_free, o_desc, lse_ptr, b, h, n_heads,
-                          m0, n_q, n_k, n_blocks, first_masked, qk_scale, CAUSAL, BLOCK_N, STAGES)),
-            (_consumer1, (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_free, o_desc, lse_ptr, b, h, n_heads,
-                          m0, n_q, n_k, n_blocks, first_masked, qk_scale, CAUSAL, BLOCK_N, STAGES)),
-            (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_free,
-                               b, h, hk, m0, n_blocks, BLOCK_N, STAGES)),
+            (_consumer0, (q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc, o_ptr, stride_ob,
+                          stride_on, lse_ptr, n_tiles, n_m_blocks, n_q, n_k, n_heads, group, qk_scale, CAUSAL,
+                          BLOCK_N, STAGES, PERSISTENT)),
+            (_consumer1, (q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc, o_ptr, stride_ob,
+                          stride_on, lse_ptr, n_tiles, n_m_blocks, n_q, n_k, n_heads, group, qk_scale, CAUSAL,
+                          BLOCK_N, STAGES, PERSISTENT)),
+            (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready,
+                               kv_free, n_tiles, n_m_blocks, n_q, n_k, n_heads, group, CAUSAL, BLOCK_N, STAGES)),
         ], [4, 1], [240, 24])
 
 
@@ -225,21 +279,21 @@ def unsupported_reason(q, k, v, causal, block_mask, mods) -> str | None:
     """Why this kernel cannot take the call (None: it can). The caller falls back to the portable kernel."""
     if not HAVE_GLUON:
         return "this triton has no Gluon Hopper API"
-    if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) != (9, 0):
-        return "not an sm_90 GPU"
     if q.dtype not in _GL_DTYPE or k.dtype != q.dtype or v.dtype != q.dtype:
         return f"dtype {q.dtype} (fp16 / bf16 only)"
     if q.shape[-1] not in HEAD_DIMS:
         return f"head_dim {q.shape[-1]} (not in {HEAD_DIMS})"
     if block_mask is not None or (mods is not None and (mods.alibi_slopes is not None or mods.softcap
                                                         or mods.rel_bias is not None or mods.window is not None)):
-        return "block masks and score mods run on the portable kernel"
+        return "block masks, windows and score mods run on the portable kernel"
     for x in (q, k, v):
         heads, head_dim = x.shape[2], x.shape[3]
         if x.stride(3) != 1 or (heads > 1 and x.stride(2) != head_dim):
             return "(heads, head_dim) not contiguous"
         if x.data_ptr() % 16 or (x.stride(0) * x.element_size()) % 16 or (x.stride(1) * x.element_size()) % 16:
             return "rows not 16-byte aligned (TMA)"
+    if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) != (9, 0):
+        return "not an sm_90 GPU"
     return None
 
 
@@ -250,29 +304,39 @@ def _descriptor(x, rows):
     return TensorDescriptor(x, [B, n, heads * head_dim], [x.stride(0), x.stride(1), 1], block, layout)
 
 
-def hopper_fwd(q, k, v, causal: bool, softmax_scale: float):
+def hopper_fwd(q, k, v, causal: bool, softmax_scale: float, cfg: dict | None = None):
     """q (B, Nq, Hq, D), k / v (B, Nk, Hkv, D), checked by `unsupported_reason`. Returns O (B, Nq, Hq, D)
-    contiguous and the log2-domain LSE (B, Hq, Nq) float32, as `forward.flash_fwd`."""
+    contiguous and the log2-domain LSE (B, Hq, Nq) float32, as `forward.flash_fwd`. cfg: overrides of
+    `config(D, causal, Nk)` (experiments)."""
     from .common import LOG2E
     B, n_q, n_heads, head_dim = q.shape
     n_k, n_kv_heads = k.shape[1], k.shape[2]
     o = torch.empty((B, n_q, n_heads, head_dim), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, n_heads, n_q), device=q.device, dtype=torch.float32)
-    cfg = config(head_dim, causal)
-    grid = (triton_cdiv(n_q, BLOCK_M), B * n_heads)
+    n_m_blocks = triton_cdiv(n_q, BLOCK_M)
+    n_tiles = n_m_blocks * B * n_heads
+    cfg = {**config(head_dim, causal, n_k), **(cfg or {})}
+    n_programs = min(n_tiles, _sm_count(q.device)) if cfg["PERSISTENT"] else n_tiles
     # 12 warps in all (the loader's one rounds up to a warpgroup): 168 registers each at launch, which the
     # partitions then re-split as 240 / 240 / 24
-    _fwd_kernel[grid](_descriptor(q, SPLIT_M), _descriptor(k, cfg["BLOCK_N"]), _descriptor(v, cfg["BLOCK_N"]),
-                      _descriptor(o, SPLIT_M), lse, n_q, n_k, n_heads, n_heads // n_kv_heads, softmax_scale * LOG2E,
-                      CAUSAL=causal, num_warps=4, maxnreg=168, **cfg)
+    _fwd_kernel[(n_programs,)](_descriptor(q, SPLIT_M), _descriptor(k, cfg["BLOCK_N"]), _descriptor(v, cfg["BLOCK_N"]),
+                               _descriptor(o, SPLIT_M), o, o.stride(0), o.stride(1), lse, n_tiles, n_m_blocks, n_q,
+                               n_k, n_heads, n_heads // n_kv_heads, softmax_scale * LOG2E, CAUSAL=causal,
+                               num_warps=4, maxnreg=168, **cfg)
     return o, lse
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def compile_sm90(head_dim: int = 128, causal: bool = False, dtype: torch.dtype = torch.bfloat16, group: int = 1):
+def compile_sm90(head_dim: int = 128, causal: bool = False, dtype: torch.dtype = torch.bfloat16, group: int = 1,
+                 cfg: dict | None = None):
     """Compile the kernel for sm_90 without a GPU (what the CPU tests can check, since the interpreter does not
     run Gluon) and return Triton's compiled kernel: `.asm["ptx"]`, `.metadata.shared`, `.metadata.num_warps`.
     Specialised as a launch on aligned lengths (multiples of 16) would be."""
@@ -284,10 +348,11 @@ def compile_sm90(head_dim: int = 128, causal: bool = False, dtype: torch.dtype =
         raise RuntimeError("this triton has no Gluon Hopper API")
     if head_dim not in HEAD_DIMS or dtype not in _GL_DTYPE:
         raise ValueError(f"compile_sm90: head_dim must be in {HEAD_DIMS} and dtype fp16 / bf16, got {head_dim}, {dtype}")
-    cfg = config(head_dim, causal)
+    cfg = {**config(head_dim, causal), **(cfg or {})}
     x = torch.empty(1, 1024, 4, head_dim, dtype=dtype)  # never read: descriptors only carry shapes and layouts
     values = [_descriptor(x, SPLIT_M), _descriptor(x, cfg["BLOCK_N"]), _descriptor(x, cfg["BLOCK_N"]),
-              _descriptor(x, SPLIT_M), torch.empty(1), 1024, 1024, 4, group, 0.1]
+              _descriptor(x, SPLIT_M), x, x.stride(0), x.stride(1), torch.empty(1), 256, 8, 1024, 1024, 4, group,
+              0.1]
     fn = getattr(_fwd_kernel, "fn", _fwd_kernel)  # the interpreter wraps jit functions
     if not hasattr(fn, "arg_names"):
         fn = _fwd_kernel
@@ -296,6 +361,6 @@ def compile_sm90(head_dim: int = 128, causal: bool = False, dtype: torch.dtype =
         signature[name] = native_specialize_impl(BaseBackend, value, False, True, True)[0]
         if signature[name] == "constexpr":  # ints equal to 1 are specialised away, as a launch does
             constexprs[name] = value
-    signature.update({name: "constexpr" for name in ("CAUSAL", "BLOCK_N", "STAGES")})
+    signature.update({name: "constexpr" for name in constexprs})
     return triton.compile(GluonASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32),
                           options=dict(num_warps=4, maxnreg=168))
