@@ -42,6 +42,10 @@ def _hwattn_portable(q, k, v, causal):
     return _hwattn(q, k, v, causal)
 
 
+def _hwattn_auto(q, k, v, causal):
+    return _hwattn(q, k, v, causal)
+
+
 # the backward forced to two launches (dK/dV, then dQ) or to one, whatever HWATTN_BWD=auto would pick
 _hwattn_split.env = {"HWATTN_BWD": "split"}
 _hwattn_fused.env = {"HWATTN_BWD": "fused"}
@@ -52,8 +56,9 @@ _hwattn_persistent.env = {"HWATTN_FWD_SCHEDULE": "persistent"}
 # the forward on the hand-scheduled Gluon Hopper kernel wherever it applies, not only where "auto" takes it
 # (ops/flash/hopper.py; backward unchanged)
 _hwattn_gluon.env = {"HWATTN_FWD_KERNEL": "gluon"}
-# the portable Triton forward everywhere (what "hwattn" runs off sm_90)
+# the portable Triton forward everywhere (the default), and the Gluon kernel where "auto" takes it
 _hwattn_portable.env = {"HWATTN_FWD_KERNEL": "portable"}
+_hwattn_auto.env = {"HWATTN_FWD_KERNEL": "auto"}
 
 
 def _sdpa(backend_name):
@@ -123,6 +128,7 @@ PROVIDERS = {
     "hwattn_atomic": _hwattn_atomic,
     "hwattn_gluon": _hwattn_gluon,
     "hwattn_portable": _hwattn_portable,
+    "hwattn_auto": _hwattn_auto,
     "sdpa_cudnn": _sdpa("CUDNN_ATTENTION"),
     "sdpa_flash": _sdpa("FLASH_ATTENTION"),
     "sdpa_efficient": _sdpa("EFFICIENT_ATTENTION"),

@@ -75,7 +75,8 @@ def test_unsupported_cases_say_why(change, words):
 def test_config_and_preference():
     assert hopper.config(128, False, 512)["PERSISTENT"] and not hopper.config(128, True, 512)["PERSISTENT"]
     assert not hopper.config(64, False, 4096)["PERSISTENT"]
-    assert hopper.preferred(128, 512) and hopper.preferred(64, 4096) and not hopper.preferred(64, 1024)
+    assert hopper.preferred(128, 512, True) and not hopper.preferred(128, 512, False) and hopper.preferred(128, 1024, False)
+    assert hopper.preferred(64, 2048, False) and not hopper.preferred(64, 1024, True)
 
 
 def test_forced_gluon_off_hopper_falls_back_and_says_so(monkeypatch, device):
@@ -89,6 +90,17 @@ def test_forced_gluon_off_hopper_falls_back_and_says_so(monkeypatch, device):
         out = flash_attention(q, k, v, causal=True)
     ref = reference.attention(q.double(), k.double(), v.double(), causal=True)
     assert rel_err(out, ref) <= 2e-3
+
+
+def test_auto_and_portable_off_hopper_run_the_portable_kernel(monkeypatch, device):
+    if device == "cuda" and torch.cuda.get_device_capability() == (9, 0):
+        pytest.skip("on sm_90 auto may take the Gluon kernel")
+    q, k, v = _qkv(n_q=20, n_k=31, h=2, h_kv=2, d=128, device=device)
+    outs = []
+    for kernel in ("auto", "portable"):
+        monkeypatch.setenv("HWATTN_FWD_KERNEL", kernel)
+        outs.append(flash_attention(q, k, v, causal=True))
+    assert torch.equal(outs[0], outs[1])
 
 
 def test_bad_forward_kernel_is_refused(monkeypatch, device):

@@ -60,11 +60,14 @@ def config(head_dim: int, causal: bool, n_k: int = 4096) -> dict:
     return dict(BLOCK_N=128, STAGES=3, PERSISTENT=persistent)       # 3 x 64 KB + 32 KB: 224 KB of 227
 
 
-def preferred(head_dim: int, n_k: int) -> bool:
+def preferred(head_dim: int, n_k: int, causal: bool) -> bool:
     """Where HWATTN_FWD_KERNEL=auto takes this kernel over the portable one: where it was measured faster
-    (H200, 2026-12-04): every length at D = 128 (1.1-1.3x), Nk >= 4096 at D = 64 (1.0-1.13x; at Nk <= 1024
-    the portable kernel is 1.0-1.2x faster, 2048 was not measured)."""
-    return head_dim == 128 or n_k >= 4096
+    through `flash_attention` (H200, 2026-12-04, docs/hopper.md): D = 128 except short non-causal sequences
+    (Nk = 512: 294 vs 351 TFLOP/s, host-bound), 1.2-1.5x at Nk = 1024 and 1.24-1.31x at 16384; D = 64 from
+    Nk = 2048 (1.04-1.09x there; at Nk <= 1024 the portable kernel was 1.0-1.2x faster)."""
+    if head_dim == 128:
+        return causal or n_k > 512
+    return n_k >= 2048
 
 
 if HAVE_GLUON:
