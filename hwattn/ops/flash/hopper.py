@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import triton
 
 try:  # Gluon is experimental: present in triton 3.6-3.9 with small API moves, absent elsewhere
     from triton.experimental import gluon
@@ -54,10 +55,8 @@ def config(head_dim: int, causal: bool, n_k: int = 4096) -> dict:
     persistent schedule (one program per SM walking tiles, the next tile's Q loading under this one's
     epilogue) wins only where tiles are short and all alike: non-causal, Nk <= 512 (+23% at D = 128); it lost
     2-30% causal (no global longest-first order) and 0-5% at longer Nk."""
-    persistent = not causal and n_k <= 512
-    if head_dim == 64:
-        return dict(BLOCK_N=128, STAGES=3, PERSISTENT=persistent)   # 3 x 32 KB + 16 KB
-    return dict(BLOCK_N=128, STAGES=3, PERSISTENT=persistent)       # 3 x 64 KB + 32 KB: 224 KB of 227
+    # shared memory at 3 stages: 3 x 64 KB + 32 KB = 224 KB at D = 128, 3 x 32 KB + 16 KB at D = 64
+    return dict(BLOCK_N=128, STAGES=3, PERSISTENT=not causal and n_k <= 512)
 
 
 def preferred(head_dim: int, n_k: int, causal: bool) -> bool:
@@ -227,22 +226,6 @@ if HAVE_GLUON:
                 tma.store_wait(0)
 
     @gluon.jit
-    def _consumer0(q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc, o_ptr, stride_ob,
-                   stride_on, lse_ptr, n_tiles, n_m_blocks, n_q, n_k, n_heads, group, qk_scale, CAUSAL: gl.constexpr,
-                   BLOCK_N: gl.constexpr, STAGES: gl.constexpr, PERSISTENT: gl.constexpr):
-        _consumer_partition(0, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc, o_ptr,
-                            stride_ob, stride_on, lse_ptr, n_tiles, n_m_blocks, n_q, n_k, n_heads, group, qk_scale,
-                            CAUSAL, BLOCK_N, STAGES, PERSISTENT)
-
-    @gluon.jit
-    def _consumer1(q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc, o_ptr, stride_ob,
-                   stride_on, lse_ptr, n_tiles, n_m_blocks, n_q, n_k, n_heads, group, qk_scale, CAUSAL: gl.constexpr,
-                   BLOCK_N: gl.constexpr, STAGES: gl.constexpr, PERSISTENT: gl.constexpr):
-        _consumer_partition(1, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc, o_ptr,
-                            stride_ob, stride_on, lse_ptr, n_tiles, n_m_blocks, n_q, n_k, n_heads, group, qk_scale,
-                            CAUSAL, BLOCK_N, STAGES, PERSISTENT)
-
-    @gluon.jit
     def _fwd_kernel(q_desc, k_desc, v_desc, o_desc, o_ptr, stride_ob, stride_on, lse_ptr, n_tiles, n_m_blocks,
                     n_q, n_k, n_heads, group, qk_scale, CAUSAL: gl.constexpr, BLOCK_N: gl.constexpr,
                     STAGES: gl.constexpr, PERSISTENT: gl.constexpr):
@@ -264,12 +247,12 @@ if HAVE_GLUON:
 
         # the tuples are written out in place: bound to a name first, their constexprs became tensors (3.6)
         gl.warp_specialize([
-            (_consumer0, (q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc, o_ptr, stride_ob,
-                          stride_on, lse_ptr, n_tiles, n_m_blocks, n_q, n_k, n_heads, group, qk_scale, CAUSAL,
-                          BLOCK_N, STAGES, PERSISTENT)),
-            (_consumer1, (q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc, o_ptr, stride_ob,
-                          stride_on, lse_ptr, n_tiles, n_m_blocks, n_q, n_k, n_heads, group, qk_scale, CAUSAL,
-                          BLOCK_N, STAGES, PERSISTENT)),
+            (_consumer_partition, (0, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc,
+                                   o_ptr, stride_ob, stride_on, lse_ptr, n_tiles, n_m_blocks, n_q, n_k, n_heads,
+                                   group, qk_scale, CAUSAL, BLOCK_N, STAGES, PERSISTENT)),
+            (_consumer_partition, (1, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc,
+                                   o_ptr, stride_ob, stride_on, lse_ptr, n_tiles, n_m_blocks, n_q, n_k, n_heads,
+                                   group, qk_scale, CAUSAL, BLOCK_N, STAGES, PERSISTENT)),
             (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready,
                                kv_free, n_tiles, n_m_blocks, n_q, n_k, n_heads, group, CAUSAL, BLOCK_N, STAGES)),
         ], [4, 1], [240, 24])
@@ -326,7 +309,7 @@ def hopper_fwd(q, k, v, causal: bool, softmax_scale: float, cfg: dict | None = N
     n_k, n_kv_heads = k.shape[1], k.shape[2]
     o = torch.empty((B, n_q, n_heads, head_dim), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, n_heads, n_q), device=q.device, dtype=torch.float32)
-    n_m_blocks = triton_cdiv(n_q, BLOCK_M)
+    n_m_blocks = triton.cdiv(n_q, BLOCK_M)
     n_tiles = n_m_blocks * B * n_heads
     cfg = {**config(head_dim, causal, n_k), **(cfg or {})}
     n_programs = min(n_tiles, _sm_count(q.device)) if cfg["PERSISTENT"] else n_tiles
@@ -344,16 +327,11 @@ def _sm_count(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def compile_sm90(head_dim: int = 128, causal: bool = False, dtype: torch.dtype = torch.bfloat16, group: int = 1,
                  cfg: dict | None = None):
     """Compile the kernel for sm_90 without a GPU (what the CPU tests can check, since the interpreter does not
     run Gluon) and return Triton's compiled kernel: `.asm["ptx"]`, `.metadata.shared`, `.metadata.num_warps`.
     Specialised as a launch on aligned lengths (multiples of 16) would be."""
-    import triton
     from triton.backends.compiler import BaseBackend, GPUTarget
     from triton._C.libtriton import native_specialize_impl
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -366,9 +344,7 @@ def compile_sm90(head_dim: int = 128, causal: bool = False, dtype: torch.dtype =
     values = [_descriptor(x, SPLIT_M), _descriptor(x, cfg["BLOCK_N"]), _descriptor(x, cfg["BLOCK_N"]),
               _descriptor(x, SPLIT_M), x, x.stride(0), x.stride(1), torch.empty(1), 256, 8, 1024, 1024, 4, group,
               0.1]
-    fn = getattr(_fwd_kernel, "fn", _fwd_kernel)  # the interpreter wraps jit functions
-    if not hasattr(fn, "arg_names"):
-        fn = _fwd_kernel
+    fn = _fwd_kernel  # a GluonJITFunction even under TRITON_INTERPRET=1 (the interpreter does not take Gluon)
     signature, constexprs = {}, dict(CAUSAL=causal, **cfg)
     for name, value in zip(fn.arg_names, values):
         signature[name] = native_specialize_impl(BaseBackend, value, False, True, True)[0]
