@@ -108,7 +108,8 @@ def check(out_dir, variants):
         ok = err <= BOUND[dtype] and err <= 2 * max(math_err, 1e-4) and lse_err < 1e-3 and lse_inf_ok \
             and not torch.isnan(o).any()
         failures += not ok
-        row = dict(variant=vname, B=B, n_q=n_q, n_k=n_k, H=H, Hk=Hk, D=D, causal=causal, dtype=str(dtype).split(".")[-1],
+        row = dict(variant=vname, B=B, n_q=n_q, n_k=n_k, H=H, Hk=Hk, D=D, causal=causal,
+                   dtype=str(dtype).split(".")[-1],
                    scale=scale, strided=strided, rel_err=f"{err:.3e}", math_rel_err=f"{math_err:.3e}",
                    lse_max_abs_err=f"{lse_err:.2e}", ok=ok)
         rows.append(row)
@@ -129,7 +130,8 @@ def check(out_dir, variants):
         failures += not ok
         log("OK " if ok else "BAD", f"flash_attention gluon fwd + portable bwd causal={causal}: out/dq/dk/dv rel err",
             [f"{e:.2e}" for e in errs])
-        rows.append(dict(variant="default", B=2, n_q=1000, n_k=1000, H=8, Hk=2, D=128, causal=causal, dtype="bfloat16", scale=1,
+        rows.append(dict(variant="default", B=2, n_q=1000, n_k=1000, H=8, Hk=2, D=128, causal=causal,
+                         dtype="bfloat16", scale=1,
                          strided=False, rel_err=";".join(f"{e:.3e}" for e in errs), math_rel_err="",
                          lse_max_abs_err="", ok=ok))
     os.environ.pop("HWATTN_FWD_KERNEL")
@@ -191,7 +193,8 @@ def main():
     p.add_argument("--d", default="128,64")
     p.add_argument("--n", default="512,1024,2048,4096,8192,16384")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--variants", default="default", help="comma list: default, persistent, sN (N stages), combined with +")
+    p.add_argument("--variants", default="default",
+                   help="comma list: default, persistent, sN (N stages), combined with +")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     log(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", __import__("triton").__version__)

@@ -338,7 +338,8 @@ def compile_sm90(head_dim: int = 128, causal: bool = False, dtype: torch.dtype =
     if not HAVE_GLUON:
         raise RuntimeError("this triton has no Gluon Hopper API")
     if head_dim not in HEAD_DIMS or dtype not in _GL_DTYPE:
-        raise ValueError(f"compile_sm90: head_dim must be in {HEAD_DIMS} and dtype fp16 / bf16, got {head_dim}, {dtype}")
+        raise ValueError(f"compile_sm90: head_dim must be in {HEAD_DIMS} and dtype fp16 / bf16, got {head_dim}, "
+                         f"{dtype}")
     cfg = {**config(head_dim, causal), **(cfg or {})}
     x = torch.empty(1, 1024, 4, head_dim, dtype=dtype)  # never read: descriptors only carry shapes and layouts
     values = [_descriptor(x, SPLIT_M), _descriptor(x, cfg["BLOCK_N"]), _descriptor(x, cfg["BLOCK_N"]),
