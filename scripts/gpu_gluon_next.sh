@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The next GPU call for issue 7 (docs/hopper.md, last section), in one lease:
+#  1. the GPU suite of the exact kernel with HWATTN_FWD_KERNEL=auto, -v so that every result is named as it
+#     lands (two earlier runs under a time limit showed 3 failures and lost their names with the summary);
+#     the failed ones again with HWATTN_FWD_KERNEL=portable (is it the Gluon forward?);
+#  2. the Gluon backward experiment: float64 check, then TFLOP/s beside the portable backward and cuDNN's.
+#     bash scripts/gpu_gluon_next.sh            (on the device; writes under $OUT)
+set -u
+mkdir -p "$OUT"
+HWATTN_FWD_KERNEL=auto timeout "${SUITE_S:-330}" python -m pytest -v -m gpu tests/ops/test_flash_hopper.py \
+    tests/ops/test_flash.py -n 8 -p no:cacheprovider > "$OUT/suite_auto.log" 2>&1
+echo "suite (auto): $(grep -c ' PASSED' "$OUT/suite_auto.log") passed, $(grep -c ' FAILED' "$OUT/suite_auto.log") failed"
+failed=$(grep -o 'FAILED tests/[^ ]*' "$OUT/suite_auto.log" | sed 's/^FAILED //' | sort -u)
+echo "$failed"
+grep -E '^E  ' "$OUT/suite_auto.log" | head -30
+if [ -n "$failed" ]; then  # the same tests on the portable forward: ours, or there before?
+    HWATTN_FWD_KERNEL=portable timeout 150 python -m pytest -v -p no:cacheprovider $failed > "$OUT/suite_portable.log" 2>&1
+    echo "the failed ones with HWATTN_FWD_KERNEL=portable:"; grep -E ' (PASSED|FAILED)' "$OUT/suite_portable.log" | tail -20
+fi
+timeout "${BWD_S:-200}" python scripts/exp_gluon_bwd.py --check --bench > "$OUT/gluon_bwd.log" 2>&1
+echo "gluon backward rc=$?"; tail -25 "$OUT/gluon_bwd.log"
