@@ -62,8 +62,8 @@ def config(head_dim: int, causal: bool, n_k: int = 4096) -> dict:
 def preferred(head_dim: int, n_k: int, causal: bool) -> bool:
     """Where HWATTN_FWD_KERNEL=auto takes this kernel over the portable one: where it was measured faster
     through `flash_attention` (H200, 2026-12-04, docs/hopper.md): D = 128 except short non-causal sequences
-    (Nk = 512: 294 vs 351 TFLOP/s, host-bound), 1.2-1.5x at Nk = 1024 and 1.24-1.31x at 16384; D = 64 from
-    Nk = 2048 (1.04-1.09x there; at Nk <= 1024 the portable kernel was 1.0-1.2x faster)."""
+    (Nk = 512: 294 vs 351 TFLOP/s, host-bound), 1.3-1.5x at Nk = 1024, 1.25x at 16384; D = 64 from Nk = 2048
+    (1.04-1.09x there; at Nk <= 1024 the portable kernel was 1.0-1.2x faster)."""
     if head_dim == 128:
         return causal or n_k > 512
     return n_k >= 2048
