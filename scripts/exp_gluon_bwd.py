@@ -10,7 +10,7 @@ hwattn/ops/flash/hopper.py: a one-warp TMA loader partition and two consumer war
   the forward's LSE), issues dV += P^T dO while dP^T finishes, then dS^T = P^T (dP^T - delta) and
   dK += dS^T Q. Diagonal (masked) query blocks are walked first, the bulk after.
 - dQ: a program owns 128 query rows (64 per consumer) and walks key blocks: S = Q K^T and dP = dO V^T back to
-  back, P, dS = P (dP - delta), dQ += dS K.
+  back, P, dS = P (dP - delta), dQ += dS K, that last wgmma left running under the next block's S and dP.
 delta = rowsum(dO * O) comes from the portable backward's preprocess kernel.
 
     python scripts/exp_gluon_bwd.py --compile            # CPU: sm_90 compile + ptxas spills (no GPU)
@@ -34,7 +34,8 @@ from hwattn.ops.flash.common import LOG2E  # noqa: E402
 
 from triton.experimental import gluon  # noqa: E402
 from triton.experimental.gluon import language as gl  # noqa: E402
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait  # noqa: E402
+from triton.experimental.gluon.language.nvidia.hopper import (mbarrier, warpgroup_mma, warpgroup_mma_init,  # noqa: E402
+                                                               warpgroup_mma_wait)
 
 _tma_load = hopper._tma_load
 SPLIT = 64  # rows (keys in dK/dV, queries in dQ) per consumer warpgroup
@@ -220,6 +221,8 @@ def _dq_consume(WG: gl.constexpr, q_smem, do_smem, k_smem, v_smem, q_bar, kv_rea
     mbarrier.wait(q_bar.index(WG), 0)
     q = q_smem.index(WG).reshape([split_m, head_dim])
     do = do_smem.index(WG).reshape([split_m, head_dim])
+    # dQ_j's wgmma runs under block j+1's S and dP: it is waited for (and K_j's stage released) one block late
+    dq_tok = warpgroup_mma_init(dq)
     for j in range(n_blocks):
         stage = j % STAGES
         mbarrier.wait(kv_ready.index(stage), (j // STAGES) & 1)
@@ -227,6 +230,9 @@ def _dq_consume(WG: gl.constexpr, q_smem, do_smem, k_smem, v_smem, q_bar, kv_rea
         v = v_smem.index(stage).reshape([block_n, head_dim])
         s_tok = warpgroup_mma(q, k.permute((1, 0)), zero_s, use_acc=False, is_async=True)
         dp_tok = warpgroup_mma(do, v.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        # retire in issue order: two outstanding = the previous dQ done, S and dP still running
+        dq = warpgroup_mma_wait(2, deps=(dq_tok, ))
+        mbarrier.arrive(kv_free.index((j + STAGES - 1) % STAGES), count=1, pred=j > 0)
         s = warpgroup_mma_wait(1, deps=(s_tok, ))
         p = gl.exp2(s * qk_scale - lse[:, None])
         if j >= first_masked:
@@ -237,9 +243,9 @@ def _dq_consume(WG: gl.constexpr, q_smem, do_smem, k_smem, v_smem, q_bar, kv_rea
             p = gl.where(keep, p, 0.0)
         dp = warpgroup_mma_wait(0, deps=(dp_tok, ))
         ds = p * (dp - delta[:, None])
-        dq = warpgroup_mma(gl.convert_layout(ds.to(dtype), a_layout), k, dq, is_async=True)
-        dq = warpgroup_mma_wait(0, deps=(dq, ))
-        mbarrier.arrive(kv_free.index(stage), count=1)
+        dq_tok = warpgroup_mma(gl.convert_layout(ds.to(dtype), a_layout), k, dq, is_async=True)
+    dq = warpgroup_mma_wait(0, deps=(dq_tok, ))
+    mbarrier.arrive(kv_free.index((n_blocks + STAGES - 1) % STAGES), count=1, pred=n_blocks > 0)
     out_rows = m0 + WG * split_m + gl.arange(0, split_m, layout=gl.SliceLayout(1, dq_layout))
     offs_d = gl.arange(0, head_dim, layout=gl.SliceLayout(0, dq_layout))
     offs = b.to(gl.int64) * stride_b + out_rows.to(gl.int64)[:, None] * stride_n + h * head_dim + offs_d[None, :]
