@@ -1,6 +1,6 @@
 """The Gluon Hopper forward (hwattn/ops/flash/hopper.py) on a GPU: correctness, then forward timing.
 
-    python scripts/gpu_gluon.py --out $OUT/gluon --sections check,bench [--n 512,4096,16384] [--d 64,128]
+    python scripts/gpu_gluon.py --out $OUT/gluon --sections check,bench,fp8 [--n 512,4096,16384] [--d 64,128]
 
 check: the kernel against the float64 reference (O and LSE) over edge shapes (seqlen 1, N not a block multiple,
 Nq != Nk both ways, causal, GQA / MQA, D = 64 / 128, fp16 / bf16, non-contiguous batch strides, large
@@ -8,7 +8,9 @@ logits), beside PyTorch's math attention in the same dtype (the 2x bound), and o
 with HWATTN_FWD_KERNEL=gluon with gradients (the portable backward on the Gluon forward's LSE).
 bench: forward TFLOP/s, median of triton.testing.do_bench, same process: the Gluon kernel, the portable
 kernel (autotuned) and SDPA's cuDNN and flash backends, over the standard grid (B*N = 16384, H*D = 2048).
-Writes check.csv / bench.csv under --out and prints every row.
+fp8: the FP8 variant (not routed to by hwattn yet) against float64 of the dequantised inputs and beside the
+portable FP8 forward, then its TFLOP/s at D = 128, N = 4096 / 16384.
+Writes check.csv / bench.csv / fp8.csv under --out and prints every row.
 """
 import argparse
 import csv
@@ -186,6 +188,73 @@ def bench(out_dir, ds, ns, rounds, variants):
         w.writerows(rows)
 
 
+def fp8(out_dir):
+    """The FP8 variant of the Gluon kernel (not routed to by hwattn yet): against float64 of the dequantised
+    inputs (the bound of tests/ops/test_flash_fp8.py, 3.5e-2) and beside the portable FP8 forward, then
+    forward TFLOP/s of both and of SDPA cuDNN in bf16, same process."""
+    import triton
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    import torch.nn.functional as F
+    import hwattn
+    from hwattn.ops.flash.forward import flash_fwd
+    from hwattn.ops.flash_fp8 import naive
+    failures, rows = 0, []
+    for B, n_q, n_k, H, Hk, D, causal in [(1, 1, 300, 4, 4, 128, False), (2, 333, 200, 8, 2, 128, True),
+                                          (1, 1000, 1000, 4, 1, 64, True), (2, 512, 512, 4, 4, 128, False),
+                                          (2, 1024, 1024, 8, 8, 128, False), (1, 1500, 777, 8, 2, 128, True)]:
+        torch.manual_seed(n_q + n_k)
+        q, k, v = inputs(B, n_q, n_k, H, Hk, D, torch.bfloat16)
+        qq = hwattn.quantize_qkv_fp8(q, k, v)
+        descale = (qq.descale_q, qq.descale_k, qq.descale_v)
+        reason = hopper.unsupported_reason(qq.q, qq.k, qq.v, causal, None, None, descale, torch.bfloat16)
+        if reason is not None:
+            log("UNSUPPORTED", reason)
+            failures += 1
+            continue
+        scale = 1.0 / math.sqrt(D)
+        o, _ = hopper.hopper_fwd(qq.q, qq.k, qq.v, causal, scale, descale=descale, out_dtype=torch.bfloat16)
+        ref = naive.attention_fp8(*qq, causal=causal)
+        portable, _ = flash_fwd(qq.q, qq.k, qq.v, causal, scale, descale=descale, out_dtype=torch.bfloat16)
+        err, err_portable = rel_err(o, ref), rel_err(portable, ref)
+        ok = err <= 3.5e-2 and not torch.isnan(o).any()
+        failures += not ok
+        log("OK " if ok else "BAD", f"fp8 {(B, n_q, n_k, H, Hk, D, causal)}: gluon {err:.3e}, portable "
+                                    f"{err_portable:.3e} vs float64 of the dequantised inputs")
+    for n in (4096, 16384):
+        for causal in (False, True):
+            B, H, D = 16384 // n, 16, 128
+            q, k, v = inputs(B, n, n, H, H, D, torch.bfloat16)
+            qq = hwattn.quantize_qkv_fp8(q, k, v)
+            descale = (qq.descale_q, qq.descale_k, qq.descale_v)
+            qh, kh, vh = (x.transpose(1, 2).contiguous() for x in (q, k, v))
+            scale = 1.0 / math.sqrt(D)
+            flops = 4.0 * B * H * n * n * D / (2 if causal else 1)
+
+            def cudnn():
+                with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                    return F.scaled_dot_product_attention(qh, kh, vh, is_causal=causal)
+            fns = {"gluon_fp8": lambda: hopper.hopper_fwd(qq.q, qq.k, qq.v, causal, scale, descale=descale,
+                                                          out_dtype=torch.bfloat16),
+                   "portable_fp8": lambda: flash_fwd(qq.q, qq.k, qq.v, causal, scale, descale=descale,
+                                                     out_dtype=torch.bfloat16),
+                   "gluon_bf16": lambda: hopper.hopper_fwd(q, k, v, causal, scale),
+                   "sdpa_cudnn_bf16": cudnn}
+            for fn in fns.values():
+                fn()
+            row = dict(D=D, N=n, causal=causal)
+            row.update({name: round(flops / min(triton.testing.do_bench(fn) for _ in range(2)) / 1e9, 1)
+                        for name, fn in fns.items()})
+            rows.append(row)
+            log(row)
+    if rows:
+        with open(os.path.join(out_dir, "fp8.csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    log(f"fp8: {failures} failures")
+    return failures
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -204,6 +273,8 @@ def main():
     if "bench" in a.sections:
         bench(a.out, [int(x) for x in a.d.split(",")], [int(x) for x in a.n.split(",")], a.rounds,
               parse_variants(a.variants))
+    if "fp8" in a.sections:
+        failures += fp8(a.out)
     sys.exit(1 if failures else 0)
 
 

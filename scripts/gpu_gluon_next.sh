@@ -3,7 +3,8 @@
 #  1. the GPU suite of the exact kernel with HWATTN_FWD_KERNEL=auto, -v so that every result is named as it
 #     lands (two earlier runs under a time limit showed 3 failures and lost their names with the summary);
 #     the failed ones again with HWATTN_FWD_KERNEL=portable (is it the Gluon forward?);
-#  2. the Gluon backward experiment: float64 check, then TFLOP/s beside the portable backward and cuDNN's.
+#  2. the Gluon backward experiment: float64 check, then TFLOP/s beside the portable backward and cuDNN's;
+#  3. the FP8 variant of the Gluon forward: float64 check, then TFLOP/s beside the portable FP8 forward.
 #     bash scripts/gpu_gluon_next.sh            (on the device; writes under $OUT)
 set -u
 mkdir -p "$OUT"
@@ -19,3 +20,5 @@ if [ -n "$failed" ]; then  # the same tests on the portable forward: ours, or th
 fi
 timeout "${BWD_S:-200}" python scripts/exp_gluon_bwd.py --check --bench > "$OUT/gluon_bwd.log" 2>&1
 echo "gluon backward rc=$?"; tail -25 "$OUT/gluon_bwd.log"
+timeout "${FP8_S:-150}" python scripts/gpu_gluon.py --out "$OUT/fp8" --sections fp8 > "$OUT/gluon_fp8.log" 2>&1
+echo "gluon fp8 rc=$?"; tail -12 "$OUT/gluon_fp8.log"

@@ -38,21 +38,23 @@ print("RESULT" + json.dumps(out))
 @needs_gluon
 def test_compiles_for_sm90_with_the_fa3_structure():
     cases = [(128, False, "bfloat16", 1, {}), (128, True, "float16", 4, {}), (64, True, "bfloat16", 1, {}),
-             (128, False, "bfloat16", 2, {"PERSISTENT": True})]
+             (128, False, "bfloat16", 2, {"PERSISTENT": True}), (128, True, "float8_e4m3fn", 2, {})]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", _COMPILE, json.dumps(cases)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.split("RESULT")[-1])
-    for (head_dim, causal, _, _, cfg), r in zip(cases, results):
+    for (head_dim, causal, dtype, _, cfg), r in zip(cases, results):
+        k_step = 32 if dtype.startswith("float8") else 16  # wgmma's K: 32 bytes
         assert r["shared"] <= 232448, r            # sm_90's 227 KB per block
         assert r["warps"] == 12, r                 # two consumer warpgroups + the loader's, rounded up
         assert r["setmaxnreg"] > 0, r              # register reallocation between the partitions
-        # both consumers: S = QK^T in the prologue and loop, PV in the loop and epilogue, head_dim / 16 or
-        # BLOCK_N / 16 wgmmas each
-        assert r["wgmma"] == 2 * (2 * head_dim // 16 + 2 * 128 // 16), r
+        # both consumers: S = QK^T in the prologue and loop, PV in the loop and epilogue, head_dim / k_step or
+        # BLOCK_N / k_step wgmmas each
+        assert r["wgmma"] == 2 * (2 * head_dim // k_step + 2 * 128 // k_step), r
         assert r["tma_load"] > 0 and r["mbarrier"] > 0, r
-        assert (r["tma_store"] > 0) == (not cfg.get("PERSISTENT", False)), r
+        # O leaves by TMA only from a 16-bit, one-tile-per-program kernel
+        assert (r["tma_store"] > 0) == (not cfg.get("PERSISTENT", False) and k_step == 16), r
 
 
 def _qkv(B=1, n_q=64, n_k=64, h=4, h_kv=4, d=128, dtype=torch.float16, device="cpu"):
@@ -70,6 +72,17 @@ def _qkv(B=1, n_q=64, n_k=64, h=4, h_kv=4, d=128, dtype=torch.float16, device="c
 def test_unsupported_cases_say_why(change, words):
     q, k, v = change(*_qkv())
     assert words in hopper.unsupported_reason(q, k, v, False, None, None)
+
+
+@needs_gluon
+def test_fp8_variant_refuses_what_it_cannot_take():
+    q, k, v = (x.to(torch.float8_e4m3fn) for x in _qkv(n_q=32, n_k=48, h=4, h_kv=2, d=128))
+    descale = (torch.ones(1, 4), torch.ones(1, 2), torch.ones(1, 2))
+    assert "descales" in hopper.unsupported_reason(q, k, v, False, None, None)
+    assert "out_dtype" in hopper.unsupported_reason(q, k, v, False, None, None, descale, torch.float32)
+    assert "seqlen-major" in hopper.unsupported_reason(q, k, v, False, None, None, descale, torch.bfloat16)
+    v_sm = torch.empty(1, 2, 128, 48, dtype=torch.float8_e4m3fn).permute(0, 3, 1, 2)
+    assert "sm_90" in hopper.unsupported_reason(q, k, v_sm, False, None, None, descale, torch.bfloat16)
 
 
 def test_config_and_preference():

@@ -95,7 +95,7 @@ if HAVE_GLUON:
     @gluon.jit
     def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free,
                         n_tiles, n_m_blocks, n_q, n_k, n_heads, group, CAUSAL: gl.constexpr, BLOCK_N: gl.constexpr,
-                        STAGES: gl.constexpr):
+                        STAGES: gl.constexpr, FP8: gl.constexpr):
         """Per tile: each consumer's Q once it released the last one, then K and V block after block into the
         ring, a stage once both consumers released it. `count` numbers blocks across tiles (ring position
         and phase)."""
@@ -117,7 +117,10 @@ if HAVE_GLUON:
                 mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
                 _tma_load(k_desc, [b, j * BLOCK_N, hk * head_dim], k_ready.index(stage), k_smem.index(stage))
                 mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
-                _tma_load(v_desc, [b, j * BLOCK_N, hk * head_dim], v_ready.index(stage), v_smem.index(stage))
+                if FP8:  # V^T tiles: (head_dim, keys), seqlen-major
+                    _tma_load(v_desc, [b, hk * head_dim, j * BLOCK_N], v_ready.index(stage), v_smem.index(stage))
+                else:
+                    _tma_load(v_desc, [b, j * BLOCK_N, hk * head_dim], v_ready.index(stage), v_smem.index(stage))
                 count += 1
             i_tile += 1
 
@@ -139,19 +142,33 @@ if HAVE_GLUON:
         return p, alpha, l_i, m_new
 
     @gluon.jit
+    def _v_operand(v_smem, stage, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, FP8: gl.constexpr):
+        """V as the B operand of P V: (keys, head_dim). Hopper's e4m3 wgmma needs it K-major (keys contiguous),
+        so FP8 tiles arrive as V^T (head_dim, keys) and are read transposed."""
+        if FP8:
+            operand = v_smem.index(stage).reshape([HEAD_DIM, BLOCK_N]).permute((1, 0))
+        else:
+            operand = v_smem.index(stage).reshape([BLOCK_N, HEAD_DIM])
+        return operand
+
+    @gluon.jit
     def _consumer_partition(WG: gl.constexpr, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free,
-                            o_desc, o_ptr, stride_ob, stride_on, lse_ptr, n_tiles, n_m_blocks, n_q, n_k, n_heads,
-                            group, qk_scale, CAUSAL: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                            PERSISTENT: gl.constexpr):
+                            o_desc, o_ptr, stride_ob, stride_on, lse_ptr, descale_ptr, n_tiles, n_m_blocks, n_q,
+                            n_k, n_heads, group, qk_scale, CAUSAL: gl.constexpr, BLOCK_N: gl.constexpr,
+                            STAGES: gl.constexpr, PERSISTENT: gl.constexpr, FP8: gl.constexpr):
         """Warpgroup WG's 64 query rows of each tile through every key block, S_j issued before P_{j-1} V_{j-1}."""
         split_m: gl.constexpr = o_desc.block_type.shape[1]
         head_dim: gl.constexpr = o_desc.block_type.shape[2]
-        dtype: gl.constexpr = o_desc.dtype
+        dtype: gl.constexpr = q_smem.dtype       # P's, for the PV product (e4m3 under FP8)
+        out_dtype: gl.constexpr = o_desc.dtype
+        # wgmma's K step is 32 bytes: 16 elements at 16 bits, 32 at e4m3
+        k_step: gl.constexpr = 256 // dtype.primitive_bitwidth
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, BLOCK_N, 16])
+                                                           instr_shape=[16, BLOCK_N, k_step])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, head_dim, 16])
-        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+                                                           instr_shape=[16, head_dim, k_step])
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout,
+                                                     k_width=32 // dtype.primitive_bitwidth)
         row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
         o_row_layout: gl.constexpr = gl.SliceLayout(1, o_layout)
         offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
@@ -164,6 +181,14 @@ if HAVE_GLUON:
             b, h, hk, m0, n_blocks, first_masked = _tile(t, n_m_blocks, n_q, n_k, n_heads, group, CAUSAL,
                                                          2 * split_m, BLOCK_N)
             rows = m0 + WG * split_m + gl.arange(0, split_m, layout=row_layout)
+            tile_scale = qk_scale
+            if FP8:
+                # per-(batch, head) descales of Q, K, V as one (3, B, Hq) float32 tensor: Q's and K's fold into
+                # the score scale, V's into the output
+                plane = n_tiles // n_m_blocks
+                bh_ptr = descale_ptr + b * n_heads + h
+                tile_scale = qk_scale * gl.load(bh_ptr) * gl.load(bh_ptr + plane)
+                out_scale = gl.load(bh_ptr + 2 * plane)
             acc = gl.zeros([split_m, head_dim], gl.float32, o_layout)
             m_i = gl.full([split_m], float("-inf"), gl.float32, row_layout)
             l_i = gl.zeros([split_m], gl.float32, row_layout)
@@ -174,7 +199,7 @@ if HAVE_GLUON:
                 s = warpgroup_mma(q, k_smem.index(stage).reshape([BLOCK_N, head_dim]).permute((1, 0)), zero_s,
                                   use_acc=False, is_async=True)
                 s = warpgroup_mma_wait(0, deps=(s, ))
-                p, alpha, l_i, m_i = _softmax_block(s, m_i, l_i, rows, offs_n, n_q, n_k, qk_scale,
+                p, alpha, l_i, m_i = _softmax_block(s, m_i, l_i, rows, offs_n, n_q, n_k, tile_scale,
                                                     first_masked <= 0, CAUSAL)
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
                 for j in range(1, n_blocks):
@@ -184,19 +209,19 @@ if HAVE_GLUON:
                     s_tok = warpgroup_mma(q, k_smem.index(stage).reshape([BLOCK_N, head_dim]).permute((1, 0)),
                                           zero_s, use_acc=False, is_async=True)
                     mbarrier.wait(v_ready.index(prev), ((count + j - 1) // STAGES) & 1)
-                    acc_tok = warpgroup_mma(p_op, v_smem.index(prev).reshape([BLOCK_N, head_dim]), acc,
+                    acc_tok = warpgroup_mma(p_op, _v_operand(v_smem, prev, BLOCK_N, head_dim, FP8), acc,
                                             is_async=True)
                     # wgmma groups retire in order: one outstanding = S_j done, P_{j-1} V_{j-1} still running
                     s = warpgroup_mma_wait(1, deps=(s_tok, ))
                     p, alpha, l_i, m_i = _softmax_block(s, m_i, l_i, rows, j * BLOCK_N + offs_n, n_q, n_k,
-                                                        qk_scale, j >= first_masked, CAUSAL)
+                                                        tile_scale, j >= first_masked, CAUSAL)
                     acc = warpgroup_mma_wait(0, deps=(acc_tok, ))
                     mbarrier.arrive(kv_free.index(prev), count=1)
                     acc = acc * gl.convert_layout(alpha, o_row_layout)[:, None]
                     p_op = gl.convert_layout(p.to(dtype), p_layout)
                 last = (count + n_blocks - 1) % STAGES
                 mbarrier.wait(v_ready.index(last), ((count + n_blocks - 1) // STAGES) & 1)
-                acc = warpgroup_mma(p_op, v_smem.index(last).reshape([BLOCK_N, head_dim]), acc, is_async=True)
+                acc = warpgroup_mma(p_op, _v_operand(v_smem, last, BLOCK_N, head_dim, FP8), acc, is_async=True)
                 acc = warpgroup_mma_wait(0, deps=(acc, ))
                 mbarrier.arrive(kv_free.index(last), count=1)
             count += n_blocks
@@ -207,9 +232,12 @@ if HAVE_GLUON:
             lse = gl.where(empty, float("inf"), m_i + gl.log2(gl.where(empty, 1.0, l_i)))
             gl.store(lse_ptr + (b * n_heads + h).to(gl.int64) * n_q + rows, lse, mask=rows < n_q)
             inv_l = gl.convert_layout(1.0 / gl.where(empty, 1.0, l_i), o_row_layout)
-            o = (acc * inv_l[:, None]).to(dtype)
-            if PERSISTENT:
-                # the next tile's Q may land in this tile's buffer now: O goes out from registers
+            if FP8:
+                inv_l = inv_l * out_scale
+            o = (acc * inv_l[:, None]).to(out_dtype)
+            if PERSISTENT or FP8:
+                # the next tile's Q may land in this tile's buffer now (or, FP8, a 16-bit O does not fit an
+                # e4m3 Q tile): O goes out from registers
                 mbarrier.arrive(q_free.index(WG), count=1)
                 o_rows = m0 + WG * split_m + gl.arange(0, split_m, layout=o_row_layout)
                 offs_d = gl.arange(0, head_dim, layout=gl.SliceLayout(0, o_layout))
@@ -226,9 +254,9 @@ if HAVE_GLUON:
                 tma.store_wait(0)
 
     @gluon.jit
-    def _fwd_kernel(q_desc, k_desc, v_desc, o_desc, o_ptr, stride_ob, stride_on, lse_ptr, n_tiles, n_m_blocks,
-                    n_q, n_k, n_heads, group, qk_scale, CAUSAL: gl.constexpr, BLOCK_N: gl.constexpr,
-                    STAGES: gl.constexpr, PERSISTENT: gl.constexpr):
+    def _fwd_kernel(q_desc, k_desc, v_desc, o_desc, o_ptr, stride_ob, stride_on, lse_ptr, descale_ptr, n_tiles,
+                    n_m_blocks, n_q, n_k, n_heads, group, qk_scale, CAUSAL: gl.constexpr, BLOCK_N: gl.constexpr,
+                    STAGES: gl.constexpr, PERSISTENT: gl.constexpr, FP8: gl.constexpr):
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
         v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
@@ -248,36 +276,55 @@ if HAVE_GLUON:
         # the tuples are written out in place: bound to a name first, their constexprs became tensors (3.6)
         gl.warp_specialize([
             (_consumer_partition, (0, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc,
-                                   o_ptr, stride_ob, stride_on, lse_ptr, n_tiles, n_m_blocks, n_q, n_k, n_heads,
-                                   group, qk_scale, CAUSAL, BLOCK_N, STAGES, PERSISTENT)),
+                                   o_ptr, stride_ob, stride_on, lse_ptr, descale_ptr, n_tiles, n_m_blocks, n_q, n_k,
+                                   n_heads, group, qk_scale, CAUSAL, BLOCK_N, STAGES, PERSISTENT, FP8)),
             (_consumer_partition, (1, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc,
-                                   o_ptr, stride_ob, stride_on, lse_ptr, n_tiles, n_m_blocks, n_q, n_k, n_heads,
-                                   group, qk_scale, CAUSAL, BLOCK_N, STAGES, PERSISTENT)),
+                                   o_ptr, stride_ob, stride_on, lse_ptr, descale_ptr, n_tiles, n_m_blocks, n_q, n_k,
+                                   n_heads, group, qk_scale, CAUSAL, BLOCK_N, STAGES, PERSISTENT, FP8)),
             (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready,
-                               kv_free, n_tiles, n_m_blocks, n_q, n_k, n_heads, group, CAUSAL, BLOCK_N, STAGES)),
+                               kv_free, n_tiles, n_m_blocks, n_q, n_k, n_heads, group, CAUSAL, BLOCK_N, STAGES,
+                               FP8)),
         ], [4, 1], [240, 24])
 
 
-_GL_DTYPE = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
+_GL_DTYPE = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float8_e4m3fn: "float8e4nv"}
 
 
-def unsupported_reason(q, k, v, causal, block_mask, mods) -> str | None:
-    """Why this kernel cannot take the call (None: it can). The caller falls back to the portable kernel."""
+def _rows_aligned(x) -> bool:
+    return not (x.data_ptr() % 16 or (x.stride(0) * x.element_size()) % 16 or (x.stride(1) * x.element_size()) % 16)
+
+
+def unsupported_reason(q, k, v, causal, block_mask, mods, descale=None, out_dtype=None) -> str | None:
+    """Why this kernel cannot take the call (None: it can). The caller falls back to the portable kernel.
+    e4m3 inputs (the FP8 variant) come with descales, V seqlen-major as `flash_fwd` takes it, and a 16-bit
+    out_dtype."""
     if not HAVE_GLUON:
         return "this triton has no Gluon Hopper API"
     if q.dtype not in _GL_DTYPE or k.dtype != q.dtype or v.dtype != q.dtype:
-        return f"dtype {q.dtype} (fp16 / bf16 only)"
+        return f"dtype {q.dtype} (fp16 / bf16, or e4m3 with descales, only)"
+    fp8 = q.dtype == torch.float8_e4m3fn
+    if fp8 != (descale is not None):
+        return "e4m3 inputs need descales, 16-bit ones take none"
+    if fp8 and out_dtype not in (torch.bfloat16, torch.float16):
+        return f"out_dtype {out_dtype} (bf16 / fp16 for e4m3 inputs)"
+    if not fp8 and out_dtype not in (None, q.dtype):
+        return f"out_dtype {out_dtype} other than the inputs' {q.dtype}"
     if q.shape[-1] not in HEAD_DIMS:
         return f"head_dim {q.shape[-1]} (not in {HEAD_DIMS})"
     if block_mask is not None or (mods is not None and (mods.alibi_slopes is not None or mods.softcap
                                                         or mods.rel_bias is not None or mods.window is not None)):
         return "block masks, windows and score mods run on the portable kernel"
-    for x in (q, k, v):
+    for x in (q, k) if fp8 else (q, k, v):
         heads, head_dim = x.shape[2], x.shape[3]
         if x.stride(3) != 1 or (heads > 1 and x.stride(2) != head_dim):
             return "(heads, head_dim) not contiguous"
-        if x.data_ptr() % 16 or (x.stride(0) * x.element_size()) % 16 or (x.stride(1) * x.element_size()) % 16:
+        if not _rows_aligned(x):
             return "rows not 16-byte aligned (TMA)"
+    if fp8:
+        heads, head_dim = v.shape[2], v.shape[3]
+        if v.stride(1) != 1 or (heads > 1 and v.stride(2) != head_dim * v.stride(3)) or v.data_ptr() % 16 \
+                or v.stride(0) % 16 or v.stride(3) % 16:
+            return "e4m3 V not seqlen-major with 16-byte-aligned rows"
     if q.device.type != "cuda" or _capability(q.device) != (9, 0):
         return "not an sm_90 GPU"
     return None
@@ -289,36 +336,55 @@ def _capability(device) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=None)
-def _smem_layout(rows: int, head_dim: int, dtype: torch.dtype):
+def _smem_layout(rows: int, cols: int, dtype: torch.dtype):
     # cached: building it costs ~6 us of Python a call, four times a launch, and short sequences are host-bound
-    return gl.NVMMASharedLayout.get_default_for([1, rows, head_dim], getattr(gl, _GL_DTYPE[dtype]))
+    return gl.NVMMASharedLayout.get_default_for([1, rows, cols], getattr(gl, _GL_DTYPE[dtype]))
 
 
 def _descriptor(x, rows):
+    """(B, N, H, D) with (H, D) contiguous, as (B, N, H * D): tiles of `rows` tokens of one head."""
     B, n, heads, head_dim = x.shape
     return TensorDescriptor(x, [B, n, heads * head_dim], [x.stride(0), x.stride(1), 1], [1, rows, head_dim],
                             _smem_layout(rows, head_dim, x.dtype))
 
 
-def hopper_fwd(q, k, v, causal: bool, softmax_scale: float, cfg: dict | None = None):
+def _seqlen_major_descriptor(v, cols):
+    """Seqlen-major (B, N, H, D) (N contiguous) as (B, H * D, N): tiles of V^T, `cols` tokens of one head."""
+    B, n, heads, head_dim = v.shape
+    return TensorDescriptor(v, [B, heads * head_dim, n], [v.stride(0), v.stride(3), 1], [1, head_dim, cols],
+                            _smem_layout(head_dim, cols, v.dtype))
+
+
+def hopper_fwd(q, k, v, causal: bool, softmax_scale: float, cfg: dict | None = None, descale=None, out_dtype=None):
     """q (B, Nq, Hq, D), k / v (B, Nk, Hkv, D), checked by `unsupported_reason`. Returns O (B, Nq, Hq, D)
     contiguous and the log2-domain LSE (B, Hq, Nq) float32, as `forward.flash_fwd`. cfg: overrides of
-    `config(D, causal, Nk)` (experiments)."""
+    `config(D, causal, Nk)` (experiments). FP8 (e4m3 q, k, v; v seqlen-major): descale = (descale_q (B, Hq),
+    descale_k (B, Hkv), descale_v (B, Hkv)) float32 and a 16-bit out_dtype, as `flash_fwd`; this variant
+    has not yet run on a GPU and nothing routes to it (docs/hopper.md)."""
     from .common import LOG2E
     B, n_q, n_heads, head_dim = q.shape
     n_k, n_kv_heads = k.shape[1], k.shape[2]
-    o = torch.empty((B, n_q, n_heads, head_dim), device=q.device, dtype=q.dtype)
+    group = n_heads // n_kv_heads
+    o = torch.empty((B, n_q, n_heads, head_dim), device=q.device, dtype=out_dtype or q.dtype)
     lse = torch.empty((B, n_heads, n_q), device=q.device, dtype=torch.float32)
     n_m_blocks = triton.cdiv(n_q, BLOCK_M)
     n_tiles = n_m_blocks * B * n_heads
     cfg = {**config(head_dim, causal, n_k), **(cfg or {})}
     n_programs = min(n_tiles, _sm_count(q.device)) if cfg["PERSISTENT"] else n_tiles
+    fp8 = descale is not None
+    if fp8:  # one (3, B, Hq) table: a load per factor per tile
+        descale_q, descale_k, descale_v = descale
+        descales = torch.stack([descale_q, descale_k.repeat_interleave(group, 1),
+                                descale_v.repeat_interleave(group, 1)]).float().contiguous()
+        v_desc = _seqlen_major_descriptor(v, cfg["BLOCK_N"])
+    else:
+        descales, v_desc = lse, _descriptor(v, cfg["BLOCK_N"])  # descales: never read
     # 12 warps in all (the loader's one rounds up to a warpgroup): 168 registers each at launch, which the
     # partitions then re-split as 240 / 240 / 24
-    _fwd_kernel[(n_programs,)](_descriptor(q, SPLIT_M), _descriptor(k, cfg["BLOCK_N"]), _descriptor(v, cfg["BLOCK_N"]),
-                               _descriptor(o, SPLIT_M), o, o.stride(0), o.stride(1), lse, n_tiles, n_m_blocks, n_q,
-                               n_k, n_heads, n_heads // n_kv_heads, softmax_scale * LOG2E, CAUSAL=causal,
-                               num_warps=4, maxnreg=168, **cfg)
+    _fwd_kernel[(n_programs,)](_descriptor(q, SPLIT_M), _descriptor(k, cfg["BLOCK_N"]), v_desc,
+                               _descriptor(o, SPLIT_M), o, o.stride(0), o.stride(1), lse, descales, n_tiles,
+                               n_m_blocks, n_q, n_k, n_heads, group, softmax_scale * LOG2E, CAUSAL=causal,
+                               FP8=fp8, num_warps=4, maxnreg=168, **cfg)
     return o, lse
 
 
@@ -338,15 +404,18 @@ def compile_sm90(head_dim: int = 128, causal: bool = False, dtype: torch.dtype =
     if not HAVE_GLUON:
         raise RuntimeError("this triton has no Gluon Hopper API")
     if head_dim not in HEAD_DIMS or dtype not in _GL_DTYPE:
-        raise ValueError(f"compile_sm90: head_dim must be in {HEAD_DIMS} and dtype fp16 / bf16, got {head_dim}, "
-                         f"{dtype}")
+        raise ValueError(f"compile_sm90: head_dim must be in {HEAD_DIMS} and dtype fp16 / bf16 / e4m3, got "
+                         f"{head_dim}, {dtype}")
     cfg = {**config(head_dim, causal), **(cfg or {})}
+    fp8 = dtype == torch.float8_e4m3fn
     x = torch.empty(1, 1024, 4, head_dim, dtype=dtype)  # never read: descriptors only carry shapes and layouts
-    values = [_descriptor(x, SPLIT_M), _descriptor(x, cfg["BLOCK_N"]), _descriptor(x, cfg["BLOCK_N"]),
-              _descriptor(x, SPLIT_M), x, x.stride(0), x.stride(1), torch.empty(1), 256, 8, 1024, 1024, 4, group,
-              0.1]
+    out = torch.empty(1, 1024, 4, head_dim, dtype=torch.bfloat16 if fp8 else dtype)
+    v_desc = (_seqlen_major_descriptor(torch.empty(1, 4, head_dim, 1024, dtype=dtype).permute(0, 3, 1, 2),
+                                       cfg["BLOCK_N"]) if fp8 else _descriptor(x, cfg["BLOCK_N"]))
+    values = [_descriptor(x, SPLIT_M), _descriptor(x, cfg["BLOCK_N"]), v_desc, _descriptor(out, SPLIT_M), out,
+              out.stride(0), out.stride(1), torch.empty(1), torch.empty(1), 256, 8, 1024, 1024, 4, group, 0.1]
     fn = _fwd_kernel  # a GluonJITFunction even under TRITON_INTERPRET=1 (the interpreter does not take Gluon)
-    signature, constexprs = {}, dict(CAUSAL=causal, **cfg)
+    signature, constexprs = {}, dict(CAUSAL=causal, FP8=fp8, **cfg)
     for name, value in zip(fn.arg_names, values):
         signature[name] = native_specialize_impl(BaseBackend, value, False, True, True)[0]
         if signature[name] == "constexpr":  # ints equal to 1 are specialised away, as a launch does
