@@ -1,24 +1,43 @@
 #!/usr/bin/env bash
-# The next GPU call for issue 7 (docs/hopper.md, last section), in one lease:
-#  1. the GPU suite of the exact kernel with HWATTN_FWD_KERNEL=auto, -v so that every result is named as it
-#     lands (two earlier runs under a time limit showed 3 failures and lost their names with the summary);
-#     the failed ones again with HWATTN_FWD_KERNEL=portable (is it the Gluon forward?);
-#  2. the Gluon backward experiment: float64 check, then TFLOP/s beside the portable backward and cuDNN's;
-#  3. the FP8 variant of the Gluon forward: float64 check, then TFLOP/s beside the portable FP8 forward.
-#     bash scripts/gpu_gluon_next.sh            (on the device; writes under $OUT)
+# The next GPU calls for issue 7 (docs/hopper.md, last sections). Sections, in the order given (default: all;
+# "suite" alone fills most of one 600 s call, the other three fit a second):
+#  suite     the GPU suite of the exact kernel with HWATTN_FWD_KERNEL=auto, -v so that every result is named as
+#            it lands (two earlier runs under a time limit showed 3 failures and lost their names with the
+#            summary); the failed ones again with HWATTN_FWD_KERNEL=portable (is it the Gluon forward?);
+#  bwd       the Gluon backward experiment: float64 check, then TFLOP/s beside the portable backward and cuDNN's;
+#  fp8       the FP8 variant of the Gluon forward: float64 check, then TFLOP/s beside the portable FP8 forward;
+#  diagnose  is the short causal forward host-bound? `hwattn diagnose attention` (overhead verdict) at
+#            D = 128, N = 1024, B = 16, causal, with auto.
+#     bash scripts/gpu_gluon_next.sh suite ; bash scripts/gpu_gluon_next.sh bwd fp8 diagnose   (writes under $OUT)
 set -u
 mkdir -p "$OUT"
-HWATTN_FWD_KERNEL=auto timeout "${SUITE_S:-330}" python -m pytest -v -m gpu tests/ops/test_flash_hopper.py \
-    tests/ops/test_flash.py -n 8 -p no:cacheprovider > "$OUT/suite_auto.log" 2>&1
-echo "suite (auto): $(grep -c ' PASSED' "$OUT/suite_auto.log") passed, $(grep -c ' FAILED' "$OUT/suite_auto.log") failed"
-failed=$(grep -o 'FAILED tests/[^ ]*' "$OUT/suite_auto.log" | sed 's/^FAILED //' | sort -u)
-echo "$failed"
-grep -E '^E  ' "$OUT/suite_auto.log" | head -30
-if [ -n "$failed" ]; then  # the same tests on the portable forward: ours, or there before?
-    HWATTN_FWD_KERNEL=portable timeout 150 python -m pytest -v -p no:cacheprovider $failed > "$OUT/suite_portable.log" 2>&1
-    echo "the failed ones with HWATTN_FWD_KERNEL=portable:"; grep -E ' (PASSED|FAILED)' "$OUT/suite_portable.log" | tail -20
-fi
-timeout "${BWD_S:-200}" python scripts/exp_gluon_bwd.py --check --bench > "$OUT/gluon_bwd.log" 2>&1
-echo "gluon backward rc=$?"; tail -25 "$OUT/gluon_bwd.log"
-timeout "${FP8_S:-150}" python scripts/gpu_gluon.py --out "$OUT/fp8" --sections fp8 > "$OUT/gluon_fp8.log" 2>&1
-echo "gluon fp8 rc=$?"; tail -12 "$OUT/gluon_fp8.log"
+sections="${*:-suite bwd fp8 diagnose}"
+for section in $sections; do
+    case "$section" in
+    suite)
+        HWATTN_FWD_KERNEL=auto timeout "${SUITE_S:-330}" python -m pytest -v -m gpu tests/ops/test_flash_hopper.py \
+            tests/ops/test_flash.py -n 8 -p no:cacheprovider > "$OUT/suite_auto.log" 2>&1
+        echo "suite (auto): $(grep -c ' PASSED' "$OUT/suite_auto.log") passed," \
+             "$(grep -c ' FAILED' "$OUT/suite_auto.log") failed"
+        failed=$(grep -o 'FAILED tests/[^ ]*' "$OUT/suite_auto.log" | sed 's/^FAILED //' | sort -u)
+        echo "$failed"
+        grep -E '^E  ' "$OUT/suite_auto.log" | head -30
+        if [ -n "$failed" ]; then  # the same tests on the portable forward: ours, or there before?
+            HWATTN_FWD_KERNEL=portable timeout 150 python -m pytest -v -p no:cacheprovider $failed \
+                > "$OUT/suite_portable.log" 2>&1
+            echo "the failed ones with HWATTN_FWD_KERNEL=portable:"
+            grep -E ' (PASSED|FAILED)' "$OUT/suite_portable.log" | tail -20
+        fi ;;
+    bwd)
+        timeout "${BWD_S:-200}" python scripts/exp_gluon_bwd.py --check --bench > "$OUT/gluon_bwd.log" 2>&1
+        echo "gluon backward rc=$?"; tail -25 "$OUT/gluon_bwd.log" ;;
+    fp8)
+        timeout "${FP8_S:-150}" python scripts/gpu_gluon.py --out "$OUT/fp8" --sections fp8 > "$OUT/gluon_fp8.log" 2>&1
+        echo "gluon fp8 rc=$?"; tail -12 "$OUT/gluon_fp8.log" ;;
+    diagnose)
+        HWATTN_FWD_KERNEL=auto timeout 150 python -c "from hwattn.cli import main; main('diagnose attention --batch 16 \
+--n 1024 --heads 16 --d 128 --causal --impl hwattn,sdpa'.split())" > "$OUT/diagnose.log" 2>&1
+        echo "diagnose rc=$?"; tail -25 "$OUT/diagnose.log" ;;
+    *) echo "unknown section $section (suite, bwd, fp8, diagnose)"; exit 2 ;;
+    esac
+done
