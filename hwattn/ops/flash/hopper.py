@@ -24,7 +24,9 @@ Loads and stores go through 3-D TMA descriptors over (batch, seqlen, heads * hea
 sequence's end are zero-filled on load and clipped on store by the hardware, per batch, so any Nq, Nk work.
 Supported: fp16 / bf16, head_dim 64 or 128, causal (bottom-right, as the portable kernel) or not, GQA / MQA,
 (heads, head_dim) contiguous with 16-byte-aligned rows. Everything else (score mods, windows, block masks,
-other head dims, fp32, FP8) stays on the portable kernel. GPU only: Triton's interpreter does not run Gluon;
+other head dims, fp32) stays on the portable kernel. An e4m3 variant of the same kernel (`hopper_fwd` with
+descales, the `FP8` constexpr) is compiled and tested offline, but nothing routes FP8 calls to it until it
+has run on a GPU. GPU only: Triton's interpreter does not run Gluon;
 CPU checks are offline compiles for sm_90 (`compile_sm90`, tests/ops/test_flash_hopper.py).
 """
 from __future__ import annotations
