@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # The next GPU calls for issue 7 (docs/hopper.md, last sections). Sections, in the order given (default: all;
-# "suite" alone fills most of one 600 s call, the other three fit a second):
+# "suite" alone fills most of one 600 s call, bwd + fp8 + diagnose a second, c3 a third):
 #  suite     the GPU suite of the exact kernel with HWATTN_FWD_KERNEL=auto, -v so that every result is named as
 #            it lands (two earlier runs under a time limit showed 3 failures and lost their names with the
 #            summary); the failed ones again with HWATTN_FWD_KERNEL=portable (is it the Gluon forward?);
 #  bwd       the Gluon backward experiment: float64 check, then TFLOP/s beside the portable backward and cuDNN's;
 #  fp8       the FP8 variant of the Gluon forward: float64 check, then TFLOP/s beside the portable FP8 forward;
+#  c3        three consumer warpgroups (192-row tiles) against two at D = 64 (check, then forward TFLOP/s);
 #  diagnose  is the short causal forward host-bound? `hwattn diagnose attention` (overhead verdict) at
 #            D = 128, N = 1024, B = 16, causal, with auto.
-#     bash scripts/gpu_gluon_next.sh suite ; bash scripts/gpu_gluon_next.sh bwd fp8 diagnose   (writes under $OUT)
+#     bash scripts/gpu_gluon_next.sh suite; ... bwd fp8 diagnose; ... c3        (on the device; writes under $OUT)
 set -u
 mkdir -p "$OUT"
-sections="${*:-suite bwd fp8 diagnose}"
+sections="${*:-suite bwd fp8 c3 diagnose}"
 for section in $sections; do
     case "$section" in
     suite)
@@ -34,10 +35,14 @@ for section in $sections; do
     fp8)
         timeout "${FP8_S:-150}" python scripts/gpu_gluon.py --out "$OUT/fp8" --sections fp8 > "$OUT/gluon_fp8.log" 2>&1
         echo "gluon fp8 rc=$?"; tail -12 "$OUT/gluon_fp8.log" ;;
+    c3)
+        timeout "${C3_S:-250}" python scripts/gpu_gluon.py --out "$OUT/c3" --sections check,bench --d 64 \
+            --n 1024,4096,16384 --variants default,c3 > "$OUT/gluon_c3.log" 2>&1
+        echo "gluon c3 rc=$?"; grep -v "OK " "$OUT/gluon_c3.log" | tail -10 ;;
     diagnose)
         HWATTN_FWD_KERNEL=auto timeout 150 python -c "from hwattn.cli import main; main('diagnose attention --batch 16 \
 --n 1024 --heads 16 --d 128 --causal --impl hwattn,sdpa'.split())" > "$OUT/diagnose.log" 2>&1
         echo "diagnose rc=$?"; tail -25 "$OUT/diagnose.log" ;;
-    *) echo "unknown section $section (suite, bwd, fp8, diagnose)"; exit 2 ;;
+    *) echo "unknown section $section (suite, bwd, fp8, c3, diagnose)"; exit 2 ;;
     esac
 done

@@ -38,7 +38,8 @@ print("RESULT" + json.dumps(out))
 @needs_gluon
 def test_compiles_for_sm90_with_the_fa3_structure():
     cases = [(128, False, "bfloat16", 1, {}), (128, True, "float16", 4, {}), (64, True, "bfloat16", 1, {}),
-             (128, False, "bfloat16", 2, {"PERSISTENT": True}), (128, True, "float8_e4m3fn", 2, {})]
+             (128, False, "bfloat16", 2, {"PERSISTENT": True}), (128, True, "float8_e4m3fn", 2, {}),
+             (64, True, "bfloat16", 1, {"CONSUMERS": 3})]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", _COMPILE, json.dumps(cases)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -47,11 +48,12 @@ def test_compiles_for_sm90_with_the_fa3_structure():
     for (head_dim, causal, dtype, _, cfg), r in zip(cases, results):
         k_step = 32 if dtype.startswith("float8") else 16  # wgmma's K: 32 bytes
         assert r["shared"] <= 232448, r            # sm_90's 227 KB per block
-        assert r["warps"] == 12, r                 # two consumer warpgroups + the loader's, rounded up
+        consumers = cfg.get("CONSUMERS", 2)
+        assert r["warps"] == 4 * (consumers + 1), r   # the consumer warpgroups + the loader's, rounded up
         assert r["setmaxnreg"] > 0, r              # register reallocation between the partitions
-        # both consumers: S = QK^T in the prologue and loop, PV in the loop and epilogue, head_dim / k_step or
+        # every consumer: S = QK^T in the prologue and loop, PV in the loop and epilogue, head_dim / k_step or
         # BLOCK_N / k_step wgmmas each
-        assert r["wgmma"] == 2 * (2 * head_dim // k_step + 2 * 128 // k_step), r
+        assert r["wgmma"] == consumers * (2 * head_dim // k_step + 2 * 128 // k_step), r
         assert r["tma_load"] > 0 and r["mbarrier"] > 0, r
         # O leaves by TMA only from a 16-bit, one-tile-per-program kernel
         assert (r["tma_store"] > 0) == (not cfg.get("PERSISTENT", False) and k_step == 16), r
@@ -83,6 +85,15 @@ def test_fp8_variant_refuses_what_it_cannot_take():
     assert "seqlen-major" in hopper.unsupported_reason(q, k, v, False, None, None, descale, torch.bfloat16)
     v_sm = torch.empty(1, 2, 128, 48, dtype=torch.float8_e4m3fn).permute(0, 3, 1, 2)
     assert "sm_90" in hopper.unsupported_reason(q, k, v_sm, False, None, None, descale, torch.bfloat16)
+
+
+@needs_gluon
+def test_configs_that_cannot_run_are_refused():
+    for cfg, words in [({"STAGES": 3, "CONSUMERS": 3}, "shared memory"), ({"BLOCK": 64}, "unknown keys"),
+                       ({"CONSUMERS": 4}, "CONSUMERS must be")]:
+        with pytest.raises(ValueError, match=words):
+            hopper._checked_config({**hopper.config(128, False), **cfg}, 128, 2)
+    assert hopper._checked_config({**hopper.config(64, False), "CONSUMERS": 3}, 64, 2)["CONSUMERS"] == 3
 
 
 def test_config_and_preference():

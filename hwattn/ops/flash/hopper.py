@@ -47,7 +47,6 @@ except ImportError:  # pragma: no cover - depends on the installed triton
     HAVE_GLUON = False
 
 SPLIT_M = 64        # query rows per consumer warpgroup (one m64 wgmma row block)
-BLOCK_M = 2 * SPLIT_M
 HEAD_DIMS = (64, 128)
 
 
@@ -58,7 +57,8 @@ def config(head_dim: int, causal: bool, n_k: int = 4096) -> dict:
     epilogue) wins only where tiles are short and all alike: non-causal, Nk <= 512 (+23% at D = 128); it lost
     2-30% causal (no global longest-first order) and 0-5% at longer Nk."""
     # shared memory at 3 stages: 3 x 64 KB + 32 KB = 224 KB at D = 128, 3 x 32 KB + 16 KB at D = 64
-    return dict(BLOCK_N=128, STAGES=3, PERSISTENT=not causal and n_k <= 512)
+    # CONSUMERS = 3 (192-row tiles, FA3's choice at D = 64) is built and compiled but not yet timed
+    return dict(BLOCK_N=128, STAGES=3, PERSISTENT=not causal and n_k <= 512, CONSUMERS=2)
 
 
 def preferred(head_dim: int, n_k: int, causal: bool) -> bool:
@@ -103,12 +103,13 @@ if HAVE_GLUON:
         and phase)."""
         split_m: gl.constexpr = q_desc.block_type.shape[1]
         head_dim: gl.constexpr = q_desc.block_type.shape[2]
+        consumers: gl.constexpr = q_smem.type.shape[0]
         count = 0
         i_tile = 0
         for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
             b, h, hk, m0, n_blocks, first_masked = _tile(t, n_m_blocks, n_q, n_k, n_heads, group, CAUSAL,
-                                                         2 * split_m, BLOCK_N)
-            for i in gl.static_range(2):
+                                                         consumers * split_m, BLOCK_N)
+            for i in gl.static_range(consumers):
                 # a fresh mbarrier counts as having completed the phase before 0: the first waits pass
                 mbarrier.wait(q_free.index(i), (i_tile & 1) ^ 1)
                 mbarrier.expect(q_bar.index(i), q_desc.block_type.nbytes)
@@ -161,6 +162,7 @@ if HAVE_GLUON:
         """Warpgroup WG's 64 query rows of each tile through every key block, S_j issued before P_{j-1} V_{j-1}."""
         split_m: gl.constexpr = o_desc.block_type.shape[1]
         head_dim: gl.constexpr = o_desc.block_type.shape[2]
+        consumers: gl.constexpr = q_smem.type.shape[0]
         dtype: gl.constexpr = q_smem.dtype       # P's, for the PV product (e4m3 under FP8)
         out_dtype: gl.constexpr = o_desc.dtype
         # wgmma's K step is 32 bytes: 16 elements at 16 bits, 32 at e4m3
@@ -181,7 +183,7 @@ if HAVE_GLUON:
         i_tile = 0
         for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
             b, h, hk, m0, n_blocks, first_masked = _tile(t, n_m_blocks, n_q, n_k, n_heads, group, CAUSAL,
-                                                         2 * split_m, BLOCK_N)
+                                                         consumers * split_m, BLOCK_N)
             rows = m0 + WG * split_m + gl.arange(0, split_m, layout=row_layout)
             tile_scale = qk_scale
             if FP8:
@@ -258,35 +260,51 @@ if HAVE_GLUON:
     @gluon.jit
     def _fwd_kernel(q_desc, k_desc, v_desc, o_desc, o_ptr, stride_ob, stride_on, lse_ptr, descale_ptr, n_tiles,
                     n_m_blocks, n_q, n_k, n_heads, group, qk_scale, CAUSAL: gl.constexpr, BLOCK_N: gl.constexpr,
-                    STAGES: gl.constexpr, PERSISTENT: gl.constexpr, FP8: gl.constexpr):
-        q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+                    STAGES: gl.constexpr, PERSISTENT: gl.constexpr, FP8: gl.constexpr, CONSUMERS: gl.constexpr):
+        q_smem = gl.allocate_shared_memory(q_desc.dtype, [CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
         v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
-        q_bar = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        q_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        q_bar = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
+        q_free = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
         k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         kv_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(2):
+        for i in gl.static_range(CONSUMERS):
             mbarrier.init(q_bar.index(i), count=1)
             mbarrier.init(q_free.index(i), count=1)
         for i in gl.static_range(STAGES):
             mbarrier.init(k_ready.index(i), count=1)
             mbarrier.init(v_ready.index(i), count=1)
-            mbarrier.init(kv_free.index(i), count=2)  # both consumers release a stage
+            mbarrier.init(kv_free.index(i), count=CONSUMERS)  # every consumer releases a stage
 
         # the tuples are written out in place: bound to a name first, their constexprs became tensors (3.6)
-        gl.warp_specialize([
-            (_consumer_partition, (0, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc,
-                                   o_ptr, stride_ob, stride_on, lse_ptr, descale_ptr, n_tiles, n_m_blocks, n_q, n_k,
-                                   n_heads, group, qk_scale, CAUSAL, BLOCK_N, STAGES, PERSISTENT, FP8)),
-            (_consumer_partition, (1, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc,
-                                   o_ptr, stride_ob, stride_on, lse_ptr, descale_ptr, n_tiles, n_m_blocks, n_q, n_k,
-                                   n_heads, group, qk_scale, CAUSAL, BLOCK_N, STAGES, PERSISTENT, FP8)),
-            (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready,
-                               kv_free, n_tiles, n_m_blocks, n_q, n_k, n_heads, group, CAUSAL, BLOCK_N, STAGES,
-                               FP8)),
-        ], [4, 1], [240, 24])
+        if CONSUMERS == 3:  # 16 warps: 128 registers each at launch, re-split as 160 / 160 / 160 / 24 (D = 64)
+            gl.warp_specialize([
+                (_consumer_partition, (0, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc,
+                                       o_ptr, stride_ob, stride_on, lse_ptr, descale_ptr, n_tiles, n_m_blocks, n_q,
+                                       n_k, n_heads, group, qk_scale, CAUSAL, BLOCK_N, STAGES, PERSISTENT, FP8)),
+                (_consumer_partition, (1, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc,
+                                       o_ptr, stride_ob, stride_on, lse_ptr, descale_ptr, n_tiles, n_m_blocks, n_q,
+                                       n_k, n_heads, group, qk_scale, CAUSAL, BLOCK_N, STAGES, PERSISTENT, FP8)),
+                (_consumer_partition, (2, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc,
+                                       o_ptr, stride_ob, stride_on, lse_ptr, descale_ptr, n_tiles, n_m_blocks, n_q,
+                                       n_k, n_heads, group, qk_scale, CAUSAL, BLOCK_N, STAGES, PERSISTENT, FP8)),
+                (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready,
+                                   kv_free, n_tiles, n_m_blocks, n_q, n_k, n_heads, group, CAUSAL, BLOCK_N, STAGES,
+                                   FP8)),
+            ], [4, 4, 1], [160, 160, 24])
+        else:
+            gl.warp_specialize([
+                (_consumer_partition, (0, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc,
+                                       o_ptr, stride_ob, stride_on, lse_ptr, descale_ptr, n_tiles, n_m_blocks, n_q,
+                                       n_k, n_heads, group, qk_scale, CAUSAL, BLOCK_N, STAGES, PERSISTENT, FP8)),
+                (_consumer_partition, (1, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc,
+                                       o_ptr, stride_ob, stride_on, lse_ptr, descale_ptr, n_tiles, n_m_blocks, n_q,
+                                       n_k, n_heads, group, qk_scale, CAUSAL, BLOCK_N, STAGES, PERSISTENT, FP8)),
+                (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready,
+                                   kv_free, n_tiles, n_m_blocks, n_q, n_k, n_heads, group, CAUSAL, BLOCK_N, STAGES,
+                                   FP8)),
+            ], [4, 1], [240, 24])
 
 
 _GL_DTYPE = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float8_e4m3fn: "float8e4nv"}
@@ -369,9 +387,9 @@ def hopper_fwd(q, k, v, causal: bool, softmax_scale: float, cfg: dict | None = N
     group = n_heads // n_kv_heads
     o = torch.empty((B, n_q, n_heads, head_dim), device=q.device, dtype=out_dtype or q.dtype)
     lse = torch.empty((B, n_heads, n_q), device=q.device, dtype=torch.float32)
-    n_m_blocks = triton.cdiv(n_q, BLOCK_M)
+    cfg = _checked_config({**config(head_dim, causal, n_k), **(cfg or {})}, head_dim, q.element_size())
+    n_m_blocks = triton.cdiv(n_q, cfg["CONSUMERS"] * SPLIT_M)
     n_tiles = n_m_blocks * B * n_heads
-    cfg = {**config(head_dim, causal, n_k), **(cfg or {})}
     n_programs = min(n_tiles, _sm_count(q.device)) if cfg["PERSISTENT"] else n_tiles
     fp8 = descale is not None
     if fp8:  # one (3, B, Hq) table: a load per factor per tile
@@ -381,13 +399,35 @@ def hopper_fwd(q, k, v, causal: bool, softmax_scale: float, cfg: dict | None = N
         v_desc = _seqlen_major_descriptor(v, cfg["BLOCK_N"])
     else:
         descales, v_desc = lse, _descriptor(v, cfg["BLOCK_N"])  # descales: never read
-    # 12 warps in all (the loader's one rounds up to a warpgroup): 168 registers each at launch, which the
-    # partitions then re-split as 240 / 240 / 24
+    # 12 warps in all with 2 consumers (the loader's one rounds up to a warpgroup): 168 registers each at
+    # launch, which the partitions then re-split as 240 / 240 / 24; 16 warps with 3 consumers: 128 each
     _fwd_kernel[(n_programs,)](_descriptor(q, SPLIT_M), _descriptor(k, cfg["BLOCK_N"]), v_desc,
                                _descriptor(o, SPLIT_M), o, o.stride(0), o.stride(1), lse, descales, n_tiles,
                                n_m_blocks, n_q, n_k, n_heads, group, softmax_scale * LOG2E, CAUSAL=causal,
-                               FP8=fp8, num_warps=4, maxnreg=168, **cfg)
+                               FP8=fp8, num_warps=4, maxnreg=_maxnreg(cfg["CONSUMERS"]), **cfg)
     return o, lse
+
+
+SMEM_LIMIT = 232448  # sm_90: 227 KB of shared memory per block
+
+
+def _checked_config(cfg: dict, head_dim: int, element_size: int) -> dict:
+    """Refuse overrides the kernel cannot run: unknown keys, and tiles that do not fit shared memory."""
+    unknown = set(cfg) - {"BLOCK_N", "STAGES", "PERSISTENT", "CONSUMERS"}
+    if unknown:
+        raise ValueError(f"cfg: unknown keys {sorted(unknown)} (BLOCK_N, STAGES, PERSISTENT, CONSUMERS)")
+    if cfg["CONSUMERS"] not in (2, 3) or cfg["STAGES"] < 1 or cfg["BLOCK_N"] not in (64, 128):
+        raise ValueError(f"cfg: CONSUMERS must be 2 or 3, STAGES >= 1 and BLOCK_N 64 or 128, got {cfg}")
+    smem = (cfg["CONSUMERS"] * SPLIT_M + 2 * cfg["STAGES"] * cfg["BLOCK_N"]) * head_dim * element_size
+    if smem > SMEM_LIMIT - 1024:  # barriers and alignment
+        raise ValueError(f"cfg {cfg} needs {smem} B of shared memory at head_dim {head_dim}, more than sm_90's "
+                         f"{SMEM_LIMIT}")
+    return cfg
+
+
+def _maxnreg(consumers: int) -> int:
+    """Registers per thread at launch: the register file (64 K) over all warps, rounded down to 8."""
+    return 65536 // ((consumers + 1) * 128) // 8 * 8
 
 
 @functools.lru_cache(maxsize=None)
@@ -408,8 +448,8 @@ def compile_sm90(head_dim: int = 128, causal: bool = False, dtype: torch.dtype =
     if head_dim not in HEAD_DIMS or dtype not in _GL_DTYPE:
         raise ValueError(f"compile_sm90: head_dim must be in {HEAD_DIMS} and dtype fp16 / bf16 / e4m3, got "
                          f"{head_dim}, {dtype}")
-    cfg = {**config(head_dim, causal), **(cfg or {})}
     fp8 = dtype == torch.float8_e4m3fn
+    cfg = _checked_config({**config(head_dim, causal), **(cfg or {})}, head_dim, 1 if fp8 else 2)
     x = torch.empty(1, 1024, 4, head_dim, dtype=dtype)  # never read: descriptors only carry shapes and layouts
     out = torch.empty(1, 1024, 4, head_dim, dtype=torch.bfloat16 if fp8 else dtype)
     v_desc = (_seqlen_major_descriptor(torch.empty(1, 4, head_dim, 1024, dtype=dtype).permute(0, 3, 1, 2),
@@ -424,4 +464,4 @@ def compile_sm90(head_dim: int = 128, causal: bool = False, dtype: torch.dtype =
             constexprs[name] = value
     signature.update({name: "constexpr" for name in constexprs})
     return triton.compile(GluonASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32),
-                          options=dict(num_warps=4, maxnreg=168))
+                          options=dict(num_warps=4, maxnreg=_maxnreg(cfg["CONSUMERS"])))
