@@ -29,7 +29,7 @@ for head_dim, causal, dtype, group, cfg in json.loads(sys.argv[1]):
     k = hopper.compile_sm90(head_dim, causal, getattr(torch, dtype), group, cfg)
     ptx = k.asm["ptx"]
     out.append(dict(shared=k.metadata.shared, warps=k.metadata.num_warps, wgmma=ptx.count("wgmma.mma_async"),
-                    setmaxnreg=ptx.count("setmaxnreg"), tma_load=ptx.count("cp.async.bulk.tensor"),
+                    setmaxnreg=ptx.count("setmaxnreg"), tma_load=ptx.count("cp.async.bulk.tensor.3d.shared"),
                     tma_store=ptx.count("cp.async.bulk.tensor.3d.global.shared"), mbarrier=ptx.count("mbarrier")))
 print("RESULT" + json.dumps(out))
 """
