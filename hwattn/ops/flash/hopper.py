@@ -36,6 +36,8 @@ import functools
 import torch
 import triton
 
+from .common import LOG2E
+
 try:  # Gluon is experimental: present in triton 3.6-3.9 with small API moves, absent elsewhere
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
@@ -95,12 +97,13 @@ if HAVE_GLUON:
         return b, h, h // group, m0, gl.cdiv(hi, BLOCK_N), first_masked
 
     @gluon.jit
-    def _load_partition(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free,
-                        n_tiles, n_m_blocks, n_q, n_k, n_heads, group, CAUSAL: gl.constexpr, BLOCK_N: gl.constexpr,
-                        STAGES: gl.constexpr, FP8: gl.constexpr):
+    def _load_partition(loads, CAUSAL: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                        FP8: gl.constexpr):
         """Per tile: each consumer's Q once it released the last one, then K and V block after block into the
-        ring, a stage once both consumers released it. `count` numbers blocks across tiles (ring position
+        ring, a stage once every consumer released it. `count` numbers blocks across tiles (ring position
         and phase)."""
+        (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, n_tiles,
+         n_m_blocks, n_q, n_k, n_heads, group) = loads
         split_m: gl.constexpr = q_desc.block_type.shape[1]
         head_dim: gl.constexpr = q_desc.block_type.shape[2]
         consumers: gl.constexpr = q_smem.type.shape[0]
@@ -155,11 +158,12 @@ if HAVE_GLUON:
         return operand
 
     @gluon.jit
-    def _consumer_partition(WG: gl.constexpr, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free,
-                            o_desc, o_ptr, stride_ob, stride_on, lse_ptr, descale_ptr, n_tiles, n_m_blocks, n_q,
-                            n_k, n_heads, group, qk_scale, CAUSAL: gl.constexpr, BLOCK_N: gl.constexpr,
+    def _consumer_partition(WG: gl.constexpr, shared, CAUSAL: gl.constexpr, BLOCK_N: gl.constexpr,
                             STAGES: gl.constexpr, PERSISTENT: gl.constexpr, FP8: gl.constexpr):
-        """Warpgroup WG's 64 query rows of each tile through every key block, S_j issued before P_{j-1} V_{j-1}."""
+        """Warpgroup WG's 64 query rows of each tile through every key block, S_j issued before P_{j-1} V_{j-1}.
+        `shared`: what every consumer gets (buffers, barriers, outputs, sizes), one tuple."""
+        (q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc, o_ptr, stride_ob, stride_on,
+         lse_ptr, descale_ptr, n_tiles, n_m_blocks, n_q, n_k, n_heads, group, qk_scale) = shared
         split_m: gl.constexpr = o_desc.block_type.shape[1]
         head_dim: gl.constexpr = o_desc.block_type.shape[2]
         consumers: gl.constexpr = q_smem.type.shape[0]
@@ -277,33 +281,24 @@ if HAVE_GLUON:
             mbarrier.init(v_ready.index(i), count=1)
             mbarrier.init(kv_free.index(i), count=CONSUMERS)  # every consumer releases a stage
 
-        # the tuples are written out in place: bound to a name first, their constexprs became tensors (3.6)
-        if CONSUMERS == 3:  # 16 warps: 128 registers each at launch, re-split as 160 / 160 / 160 / 24 (D = 64)
+        shared = (q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc, o_ptr, stride_ob,
+                  stride_on, lse_ptr, descale_ptr, n_tiles, n_m_blocks, n_q, n_k, n_heads, group, qk_scale)
+        loads = (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, n_tiles,
+                 n_m_blocks, n_q, n_k, n_heads, group)
+        # constexprs (and the functions) go into the partitions' tuples in place: bound to a name first, the
+        # constexprs became tensors (3.6)
+        if CONSUMERS == 3:  # 16 warps: 128 registers each at launch, re-split as 168 / 160 / 160 / 24 (D = 64)
             gl.warp_specialize([
-                (_consumer_partition, (0, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc,
-                                       o_ptr, stride_ob, stride_on, lse_ptr, descale_ptr, n_tiles, n_m_blocks, n_q,
-                                       n_k, n_heads, group, qk_scale, CAUSAL, BLOCK_N, STAGES, PERSISTENT, FP8)),
-                (_consumer_partition, (1, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc,
-                                       o_ptr, stride_ob, stride_on, lse_ptr, descale_ptr, n_tiles, n_m_blocks, n_q,
-                                       n_k, n_heads, group, qk_scale, CAUSAL, BLOCK_N, STAGES, PERSISTENT, FP8)),
-                (_consumer_partition, (2, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc,
-                                       o_ptr, stride_ob, stride_on, lse_ptr, descale_ptr, n_tiles, n_m_blocks, n_q,
-                                       n_k, n_heads, group, qk_scale, CAUSAL, BLOCK_N, STAGES, PERSISTENT, FP8)),
-                (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready,
-                                   kv_free, n_tiles, n_m_blocks, n_q, n_k, n_heads, group, CAUSAL, BLOCK_N, STAGES,
-                                   FP8)),
+                (_consumer_partition, (0, shared, CAUSAL, BLOCK_N, STAGES, PERSISTENT, FP8)),
+                (_consumer_partition, (1, shared, CAUSAL, BLOCK_N, STAGES, PERSISTENT, FP8)),
+                (_consumer_partition, (2, shared, CAUSAL, BLOCK_N, STAGES, PERSISTENT, FP8)),
+                (_load_partition, (loads, CAUSAL, BLOCK_N, STAGES, FP8)),
             ], [4, 4, 1], [160, 160, 24])
         else:
             gl.warp_specialize([
-                (_consumer_partition, (0, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc,
-                                       o_ptr, stride_ob, stride_on, lse_ptr, descale_ptr, n_tiles, n_m_blocks, n_q,
-                                       n_k, n_heads, group, qk_scale, CAUSAL, BLOCK_N, STAGES, PERSISTENT, FP8)),
-                (_consumer_partition, (1, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready, kv_free, o_desc,
-                                       o_ptr, stride_ob, stride_on, lse_ptr, descale_ptr, n_tiles, n_m_blocks, n_q,
-                                       n_k, n_heads, group, qk_scale, CAUSAL, BLOCK_N, STAGES, PERSISTENT, FP8)),
-                (_load_partition, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_ready, v_ready,
-                                   kv_free, n_tiles, n_m_blocks, n_q, n_k, n_heads, group, CAUSAL, BLOCK_N, STAGES,
-                                   FP8)),
+                (_consumer_partition, (0, shared, CAUSAL, BLOCK_N, STAGES, PERSISTENT, FP8)),
+                (_consumer_partition, (1, shared, CAUSAL, BLOCK_N, STAGES, PERSISTENT, FP8)),
+                (_load_partition, (loads, CAUSAL, BLOCK_N, STAGES, FP8)),
             ], [4, 1], [240, 24])
 
 
@@ -381,7 +376,6 @@ def hopper_fwd(q, k, v, causal: bool, softmax_scale: float, cfg: dict | None = N
     `config(D, causal, Nk)` (experiments). FP8 (e4m3 q, k, v; v seqlen-major): descale = (descale_q (B, Hq),
     descale_k (B, Hkv), descale_v (B, Hkv)) float32 and a 16-bit out_dtype, as `flash_fwd`; this variant
     has not yet run on a GPU and nothing routes to it (docs/hopper.md)."""
-    from .common import LOG2E
     B, n_q, n_heads, head_dim = q.shape
     n_k, n_kv_heads = k.shape[1], k.shape[2]
     group = n_heads // n_kv_heads
