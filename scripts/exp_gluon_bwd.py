@@ -97,9 +97,10 @@ def _dkdv_block(dk, dv, k, v, q_smem, do_smem, qdo_ready, qdo_free, keys, offs_m
 
 
 @gluon.jit
-def _dkdv_consume(WG: gl.constexpr, q_smem, do_smem, k_smem, v_smem, kv_bar, qdo_ready, qdo_free, dk_ptr, dv_ptr,
-                  stride_b, stride_n, lse_ptr, delta_ptr, b, hk, n0, group, first_block, first_full, n_q_blocks, n_q,
-                  n_k, n_heads, qk_scale, softmax_scale, CAUSAL: gl.constexpr, STAGES: gl.constexpr):
+def _dkdv_consume(WG: gl.constexpr, shared, CAUSAL: gl.constexpr, STAGES: gl.constexpr):
+    (q_smem, do_smem, k_smem, v_smem, kv_bar, qdo_ready, qdo_free, dk_ptr, dv_ptr, stride_b, stride_n, lse_ptr,
+     delta_ptr, b, hk, n0, group, first_block, first_full, n_q_blocks, n_q, n_k, n_heads, qk_scale,
+     softmax_scale) = shared
     split_n: gl.constexpr = k_smem.type.shape[2]
     head_dim: gl.constexpr = k_smem.type.shape[3]
     block_m: gl.constexpr = q_smem.type.shape[2]
@@ -167,13 +168,13 @@ def _dkdv_kernel(q_desc, do_desc, k_desc, v_desc, dk_ptr, dv_ptr, stride_b, stri
     for i in gl.static_range(STAGES):
         mbarrier.init(qdo_ready.index(i), count=1)
         mbarrier.init(qdo_free.index(i), count=2)
+    # the shared arguments as one tuple; constexprs in place (bound to a name, they became tensors: 3.6)
+    shared = (q_smem, do_smem, k_smem, v_smem, kv_bar, qdo_ready, qdo_free, dk_ptr, dv_ptr, stride_b, stride_n,
+              lse_ptr, delta_ptr, b, hk, n0, group, first_block, first_full, n_q_blocks, n_q, n_k, n_heads, qk_scale,
+              softmax_scale)
     gl.warp_specialize([
-        (_dkdv_consume, (0, q_smem, do_smem, k_smem, v_smem, kv_bar, qdo_ready, qdo_free, dk_ptr, dv_ptr, stride_b,
-                         stride_n, lse_ptr, delta_ptr, b, hk, n0, group, first_block, first_full, n_q_blocks, n_q,
-                         n_k, n_heads, qk_scale, softmax_scale, CAUSAL, STAGES)),
-        (_dkdv_consume, (1, q_smem, do_smem, k_smem, v_smem, kv_bar, qdo_ready, qdo_free, dk_ptr, dv_ptr, stride_b,
-                         stride_n, lse_ptr, delta_ptr, b, hk, n0, group, first_block, first_full, n_q_blocks, n_q,
-                         n_k, n_heads, qk_scale, softmax_scale, CAUSAL, STAGES)),
+        (_dkdv_consume, (0, shared, CAUSAL, STAGES)),
+        (_dkdv_consume, (1, shared, CAUSAL, STAGES)),
         (_dkdv_load, (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, qdo_ready, qdo_free,
                       b, hk, n0, group, first_block, n_q_blocks, STAGES)),
     ], [4, 1], [240, 24])
@@ -199,9 +200,9 @@ def _dq_load(q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, q
 
 
 @gluon.jit
-def _dq_consume(WG: gl.constexpr, q_smem, do_smem, k_smem, v_smem, q_bar, kv_ready, kv_free, dq_ptr, stride_b,
-                stride_n, lse_ptr, delta_ptr, b, h, m0, n_blocks, first_masked, n_q, n_k, n_heads, qk_scale,
-                softmax_scale, CAUSAL: gl.constexpr, STAGES: gl.constexpr):
+def _dq_consume(WG: gl.constexpr, shared, CAUSAL: gl.constexpr, STAGES: gl.constexpr):
+    (q_smem, do_smem, k_smem, v_smem, q_bar, kv_ready, kv_free, dq_ptr, stride_b, stride_n, lse_ptr, delta_ptr, b,
+     h, m0, n_blocks, first_masked, n_q, n_k, n_heads, qk_scale, softmax_scale) = shared
     split_m: gl.constexpr = q_smem.type.shape[2]
     head_dim: gl.constexpr = q_smem.type.shape[3]
     block_n: gl.constexpr = k_smem.type.shape[2]
@@ -280,13 +281,11 @@ def _dq_kernel(q_desc, do_desc, k_desc, v_desc, dq_ptr, stride_b, stride_n, lse_
     for i in gl.static_range(STAGES):
         mbarrier.init(kv_ready.index(i), count=1)
         mbarrier.init(kv_free.index(i), count=2)
+    shared = (q_smem, do_smem, k_smem, v_smem, q_bar, kv_ready, kv_free, dq_ptr, stride_b, stride_n, lse_ptr,
+              delta_ptr, b, h, m0, n_blocks, first_masked, n_q, n_k, n_heads, qk_scale, softmax_scale)
     gl.warp_specialize([
-        (_dq_consume, (0, q_smem, do_smem, k_smem, v_smem, q_bar, kv_ready, kv_free, dq_ptr, stride_b, stride_n,
-                       lse_ptr, delta_ptr, b, h, m0, n_blocks, first_masked, n_q, n_k, n_heads, qk_scale,
-                       softmax_scale, CAUSAL, STAGES)),
-        (_dq_consume, (1, q_smem, do_smem, k_smem, v_smem, q_bar, kv_ready, kv_free, dq_ptr, stride_b, stride_n,
-                       lse_ptr, delta_ptr, b, h, m0, n_blocks, first_masked, n_q, n_k, n_heads, qk_scale,
-                       softmax_scale, CAUSAL, STAGES)),
+        (_dq_consume, (0, shared, CAUSAL, STAGES)),
+        (_dq_consume, (1, shared, CAUSAL, STAGES)),
         (_dq_load, (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, q_bar, kv_ready, kv_free,
                     b, h, h // group, m0, n_blocks, STAGES)),
     ], [4, 1], [240, 24])
@@ -327,14 +326,8 @@ def gluon_bwd(do, q, k, v, o, lse2, causal, softmax_scale):
 # -------------------------------------------------------------------------------------------- the checks
 def compile_offline():
     """Both kernels for sm_90 on the installed triton, no GPU; ptxas -v of each (spills decide the tiles)."""
-    import re
-    import subprocess
-    import tempfile
-    from triton._C.libtriton import native_specialize_impl
-    from triton.backends.compiler import BaseBackend, GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas
-    from triton.experimental.gluon._runtime import GluonASTSource
-    ptxas = get_ptxas(90).path
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from flash_compile_check import ptxas_report
     for head_dim in (128, 64):
         for causal in (False, True):
             x = torch.empty(1, 1024, 4, head_dim, dtype=torch.bfloat16)
@@ -347,25 +340,11 @@ def compile_offline():
                                     x.stride(1), torch.empty(1), torch.empty(1), 1024, 1024, 4, 2, 0.1, 0.1]),
             }
             for name, (fn, values) in kernels.items():
-                signature, constexprs = {}, dict(CAUSAL=causal, STAGES=STAGES)
-                for arg, value in zip(fn.arg_names, values):
-                    signature[arg] = native_specialize_impl(BaseBackend, value, False, True, True)[0]
-                    if signature[arg] == "constexpr":
-                        constexprs[arg] = value
-                signature.update({c: "constexpr" for c in constexprs})
-                k = triton.compile(GluonASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32),
-                                   options=dict(num_warps=4, maxnreg=168))
-                with tempfile.TemporaryDirectory() as tmp:
-                    path = os.path.join(tmp, "k.ptx")
-                    open(path, "w").write(k.asm["ptx"])
-                    out = subprocess.run([ptxas, "-v", "-arch=sm_90a", path, "-o", os.path.join(tmp, "k.cubin")],
-                                         capture_output=True, text=True)
-                if out.returncode:
-                    raise RuntimeError(out.stderr)
-                spills = re.findall(r"(\d+) bytes spill stores", out.stderr)
+                k = hopper.compile_gluon_sm90(fn, values, dict(CAUSAL=causal, STAGES=STAGES), maxnreg=168)
+                _, spill, serialised = ptxas_report(k.asm["ptx"])
                 print(f"{name} D={head_dim} causal={causal}: shared {k.metadata.shared} B, warps "
                       f"{k.metadata.num_warps}, wgmma {k.asm['ptx'].count('wgmma.mma_async')}, spill stores "
-                      f"{spills}, serialised {'C7515' in out.stderr}", flush=True)
+                      f"{spill} B, serialised {serialised or 'no'}", flush=True)
 
 
 def check():

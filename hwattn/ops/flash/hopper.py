@@ -429,14 +429,27 @@ def _sm_count(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def compile_gluon_sm90(fn, values, constexprs: dict, maxnreg: int, num_warps: int = 4):
+    """triton.compile a Gluon kernel for sm_90 without a GPU, specialised as a launch with `values` (the
+    positional arguments, tensors and descriptors included) and `constexprs` would be."""
+    from triton.backends.compiler import BaseBackend, GPUTarget
+    from triton._C.libtriton import native_specialize_impl
+    from triton.experimental.gluon._runtime import GluonASTSource
+    signature, constexprs = {}, dict(constexprs)
+    for name, value in zip(fn.arg_names, values):
+        signature[name] = native_specialize_impl(BaseBackend, value, False, True, True)[0]
+        if signature[name] == "constexpr":  # ints equal to 1 are specialised away, as a launch does
+            constexprs[name] = value
+    signature.update({name: "constexpr" for name in constexprs})
+    return triton.compile(GluonASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=num_warps, maxnreg=maxnreg))
+
+
 def compile_sm90(head_dim: int = 128, causal: bool = False, dtype: torch.dtype = torch.bfloat16, group: int = 1,
                  cfg: dict | None = None):
     """Compile the kernel for sm_90 without a GPU (what the CPU tests can check, since the interpreter does not
     run Gluon) and return Triton's compiled kernel: `.asm["ptx"]`, `.metadata.shared`, `.metadata.num_warps`.
     Specialised as a launch on aligned lengths (multiples of 16) would be."""
-    from triton.backends.compiler import BaseBackend, GPUTarget
-    from triton._C.libtriton import native_specialize_impl
-    from triton.experimental.gluon._runtime import GluonASTSource
     if not HAVE_GLUON:
         raise RuntimeError("this triton has no Gluon Hopper API")
     if head_dim not in HEAD_DIMS or dtype not in _GL_DTYPE:
@@ -450,12 +463,5 @@ def compile_sm90(head_dim: int = 128, causal: bool = False, dtype: torch.dtype =
                                        cfg["BLOCK_N"]) if fp8 else _descriptor(x, cfg["BLOCK_N"]))
     values = [_descriptor(x, SPLIT_M), _descriptor(x, cfg["BLOCK_N"]), v_desc, _descriptor(out, SPLIT_M), out,
               out.stride(0), out.stride(1), torch.empty(1), torch.empty(1), 256, 8, 1024, 1024, 4, group, 0.1]
-    fn = _fwd_kernel  # a GluonJITFunction even under TRITON_INTERPRET=1 (the interpreter does not take Gluon)
-    signature, constexprs = {}, dict(CAUSAL=causal, FP8=fp8, **cfg)
-    for name, value in zip(fn.arg_names, values):
-        signature[name] = native_specialize_impl(BaseBackend, value, False, True, True)[0]
-        if signature[name] == "constexpr":  # ints equal to 1 are specialised away, as a launch does
-            constexprs[name] = value
-    signature.update({name: "constexpr" for name in constexprs})
-    return triton.compile(GluonASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32),
-                          options=dict(num_warps=4, maxnreg=_maxnreg(cfg["CONSUMERS"])))
+    # _fwd_kernel is a GluonJITFunction even under TRITON_INTERPRET=1 (the interpreter does not take Gluon)
+    return compile_gluon_sm90(_fwd_kernel, values, dict(CAUSAL=causal, FP8=fp8, **cfg), _maxnreg(cfg["CONSUMERS"]))
