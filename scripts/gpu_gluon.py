@@ -30,6 +30,13 @@ from hwattn.testing import rel_err  # noqa: E402
 BOUND = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
+def write_csv(rows, path):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
 def log(*a):
     print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)
 
@@ -141,10 +148,7 @@ def check(out_dir, variants):
                          strided=False, rel_err=";".join(f"{e:.3e}" for e in errs), math_rel_err="",
                          lse_max_abs_err="", ok=ok))
     os.environ.pop("HWATTN_FWD_KERNEL")
-    with open(os.path.join(out_dir, "check.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(rows, os.path.join(out_dir, "check.csv"))
     log(f"check: {failures} failures of {len(rows)}")
     return failures
 
@@ -186,10 +190,7 @@ def bench(out_dir, ds, ns, rounds, variants):
                     row[f"{name}_over_cudnn"] = round(best["sdpa_cudnn"] / best[f"gluon_{name}"], 3)
                 rows.append(row)
                 log(row)
-    with open(os.path.join(out_dir, "bench.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(rows, os.path.join(out_dir, "bench.csv"))
 
 
 def fp8(out_dir):
@@ -251,10 +252,7 @@ def fp8(out_dir):
             rows.append(row)
             log(row)
     if rows:
-        with open(os.path.join(out_dir, "fp8.csv"), "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(rows, os.path.join(out_dir, "fp8.csv"))
     log(f"fp8: {failures} failures")
     return failures
 

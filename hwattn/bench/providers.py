@@ -18,47 +18,27 @@ def _hwattn(q, k, v, causal):
     return lambda: flash_attention(q, k, v, causal=causal)
 
 
-def _hwattn_split(q, k, v, causal):
-    return _hwattn(q, k, v, causal)
-
-
-def _hwattn_fused(q, k, v, causal):
-    return _hwattn(q, k, v, causal)
-
-
-def _hwattn_persistent(q, k, v, causal):
-    return _hwattn(q, k, v, causal)
-
-
-def _hwattn_atomic(q, k, v, causal):
-    return _hwattn(q, k, v, causal)
-
-
-def _hwattn_gluon(q, k, v, causal):
-    return _hwattn(q, k, v, causal)
-
-
-def _hwattn_portable(q, k, v, causal):
-    return _hwattn(q, k, v, causal)
-
-
-def _hwattn_auto(q, k, v, causal):
-    return _hwattn(q, k, v, causal)
+def _hwattn_with(env: dict):
+    """hwattn measured with these environment variables set (the harness sets a provider's `env`)."""
+    def make(q, k, v, causal):
+        return _hwattn(q, k, v, causal)
+    make.env = env
+    return make
 
 
 # the backward forced to two launches (dK/dV, then dQ) or to one, whatever HWATTN_BWD=auto would pick
-_hwattn_split.env = {"HWATTN_BWD": "split"}
-_hwattn_fused.env = {"HWATTN_BWD": "fused"}
+_hwattn_split = _hwattn_with({"HWATTN_BWD": "split"})
+_hwattn_fused = _hwattn_with({"HWATTN_BWD": "fused"})
 # the backward as one dK/dV launch that adds dQ with fp32 atomics (not deterministic; backward.backward_schedule)
-_hwattn_atomic.env = {"HWATTN_BWD": "atomic"}
+_hwattn_atomic = _hwattn_with({"HWATTN_BWD": "atomic"})
 # the forward on the persistent, longest-first tile schedule (opt-in until timed: forward.forward_schedule)
-_hwattn_persistent.env = {"HWATTN_FWD_SCHEDULE": "persistent"}
+_hwattn_persistent = _hwattn_with({"HWATTN_FWD_SCHEDULE": "persistent"})
 # the forward on the hand-scheduled Gluon Hopper kernel wherever it applies, not only where "auto" takes it
 # (ops/flash/hopper.py; backward unchanged)
-_hwattn_gluon.env = {"HWATTN_FWD_KERNEL": "gluon"}
+_hwattn_gluon = _hwattn_with({"HWATTN_FWD_KERNEL": "gluon"})
 # the portable Triton forward everywhere (the default), and the Gluon kernel where "auto" takes it
-_hwattn_portable.env = {"HWATTN_FWD_KERNEL": "portable"}
-_hwattn_auto.env = {"HWATTN_FWD_KERNEL": "auto"}
+_hwattn_portable = _hwattn_with({"HWATTN_FWD_KERNEL": "portable"})
+_hwattn_auto = _hwattn_with({"HWATTN_FWD_KERNEL": "auto"})
 
 
 def _sdpa(backend_name):
