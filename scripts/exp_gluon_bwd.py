@@ -17,8 +17,9 @@ delta = rowsum(dO * O) comes from the portable backward's preprocess kernel.
     python scripts/exp_gluon_bwd.py --check --bench      # GPU: float64 check, then TFLOP/s vs the portable
                                                          # backward and SDPA cuDNN in the same process
 
-Status (2026-12-04): written and compiled offline only (triton 3.6 / 3.9); its first GPU run is the next
-session's. Not wired into hwattn until it is checked there.
+Status (H100, 2026-12-06, docs/hopper.md): correct against float64 (8 of 8 cases), but 0.69-1.01x the portable
+backward's TFLOP/s (e.g. D = 128, N = 4096: 377 vs 429, cuDNN 515), so it is not wired into hwattn. Likely
+cause, not profiled: the 32-row query blocks of dK/dV (N = 32 wgmmas, a ring round trip per 32 rows).
 """
 import argparse
 import math

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The next GPU calls for issue 7 (docs/hopper.md, last sections). Sections, in the order given (default: all;
-# "suite" alone fills most of one 600 s call, bwd + fp8 + diagnose a second, c3 a third):
+# GPU calls for issue 7 (docs/hopper.md, last sections; run on an H100 on 2026-12-06:
+# docs/results/h100-2026-12-06/). Sections, in the order given (default: all; "suite" fills most of one 600 s
+# call, bwd + fp8 + diagnose a second, c3 a third):
 #  suite     the GPU suite of the exact kernel with HWATTN_FWD_KERNEL=auto, -v so that every result is named as
-#            it lands (two earlier runs under a time limit showed 3 failures and lost their names with the
-#            summary); the failed ones again with HWATTN_FWD_KERNEL=portable (is it the Gluon forward?);
+#            it lands; the failed ones again, alone, with their tracebacks;
 #  bwd       the Gluon backward experiment: float64 check, then TFLOP/s beside the portable backward and cuDNN's;
 #  fp8       the FP8 variant of the Gluon forward: float64 check, then TFLOP/s beside the portable FP8 forward;
 #  c3        three consumer warpgroups (192-row tiles) against two at D = 64 (check, then forward TFLOP/s);
 #  diagnose  is the short causal forward host-bound? `hwattn diagnose attention` (overhead verdict) at
-#            D = 128, N = 1024, B = 16, causal, with auto.
+#            D = 128, N = 1024, B = 16, causal, with auto (not yet run).
 #     bash scripts/gpu_gluon_next.sh suite; ... bwd fp8 diagnose; ... c3        (on the device; writes under $OUT)
 set -u
 mkdir -p "$OUT"
@@ -23,11 +23,10 @@ for section in $sections; do
         failed=$(grep -o 'FAILED tests/[^ ]*' "$OUT/suite_auto.log" | sed 's/^FAILED //' | sort -u)
         echo "$failed"
         grep -E '^E  ' "$OUT/suite_auto.log" | head -30
-        if [ -n "$failed" ]; then  # the same tests on the portable forward: ours, or there before?
-            HWATTN_FWD_KERNEL=portable timeout 150 python -m pytest -v -p no:cacheprovider $failed \
-                > "$OUT/suite_portable.log" 2>&1
-            echo "the failed ones with HWATTN_FWD_KERNEL=portable:"
-            grep -E ' (PASSED|FAILED)' "$OUT/suite_portable.log" | tail -20
+        if [ -n "$failed" ]; then  # again, alone, with their tracebacks
+            timeout 120 python -m pytest -v --tb=short -n 4 -p no:cacheprovider $failed > "$OUT/suite_again.log" 2>&1
+            echo "the failed ones again:"
+            grep -E '(PASSED|FAILED|^E  )' "$OUT/suite_again.log" | head -40
         fi ;;
     bwd)
         timeout "${BWD_S:-200}" python scripts/exp_gluon_bwd.py --check --bench > "$OUT/gluon_bwd.log" 2>&1

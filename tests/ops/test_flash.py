@@ -511,15 +511,18 @@ def test_gpu_bf16(d, causal, n_q, n_k):
     (2, 2048, 2048, 16, 1, 128, True), (1, 1000, 1000, 2, 4, 128, True), (2, 777, 1500, 4, 1, 64, True),
     (2, 1500, 700, 1, 4, 128, True), (1, 3000, 3000, 4, 1, 128, False), (3, 333, 333, 2, 1, 256, True)])
 def test_gpu_persistent_schedule_bf16(monkeypatch, b, n_q, n_k, h_kv, group, d, causal):
-    """The persistent forward at the GPU's real tiles and program count: bit-equal to the grid schedule, and
-    against float64 (gradients: the same backward)."""
+    """The persistent forward at the GPU's real tiles and program count against float64 (gradients: the same
+    backward), and close to the grid schedule. Not bit-equal on a GPU: on an H100 (triton 3.6, autotuned,
+    2026-12-06) 4 of these 6 cases differed in some bits while both schedules met the float64 bounds; the
+    interpreter test (test_persistent_schedule_matches_float64) is where the two agree exactly."""
     torch.manual_seed(3)
     q, k, v = (x.cuda().detach().requires_grad_() for x in _inputs(b, n_q, n_k, h_kv, group, d, torch.bfloat16))
     monkeypatch.setenv("HWATTN_FWD_KERNEL", "portable")  # the schedules of the portable kernel, not Gluon's
     monkeypatch.setenv("HWATTN_FWD_SCHEDULE", "persistent")
     out, _ = _check_against_reference(q, k, v, causal)
     monkeypatch.setenv("HWATTN_FWD_SCHEDULE", "grid")
-    assert torch.equal(out, hwattn.flash_attention(q, k, v, causal=causal)), "same tiles, same sums: bit-equal"
+    grid = hwattn.flash_attention(q, k, v, causal=causal)
+    assert rel_err(out, grid) <= TOLERANCE[torch.bfloat16] / 4, "the same algorithm: well inside the bf16 bound"
 
 
 @pytest.mark.gpu

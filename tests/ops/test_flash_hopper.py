@@ -99,6 +99,10 @@ def test_configs_that_cannot_run_are_refused():
 def test_config_and_preference():
     assert hopper.config(128, False, 512)["PERSISTENT"] and not hopper.config(128, True, 512)["PERSISTENT"]
     assert not hopper.config(64, False, 4096)["PERSISTENT"]
+    # 192-row tiles (three consumers): D = 64, non-causal, from Nk = 4096 (measured faster there)
+    assert hopper.config(64, False, 4096)["CONSUMERS"] == 3
+    assert hopper.config(64, True, 16384)["CONSUMERS"] == 2 and hopper.config(64, False, 2048)["CONSUMERS"] == 2
+    assert hopper.config(128, False, 16384)["CONSUMERS"] == 2
     assert hopper.preferred(128, 512, True) and not hopper.preferred(128, 512, False)
     assert hopper.preferred(128, 1024, False)
     assert hopper.preferred(64, 2048, False) and not hopper.preferred(64, 1024, True)
@@ -141,17 +145,21 @@ def _on_hopper():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not (_on_hopper() and hopper.HAVE_GLUON), reason="needs an sm_90 GPU and Gluon")
-@pytest.mark.parametrize("persistent", [False, True])
+@pytest.mark.parametrize("cfg", [{"PERSISTENT": False}, {"PERSISTENT": True}, {"CONSUMERS": 3}],
+                         ids=["grid", "persistent", "3consumers"])
 @pytest.mark.parametrize("n_q, n_k, group, d, causal, dtype", [
     (1, 1, 1, 128, False, torch.bfloat16), (1, 300, 1, 128, True, torch.bfloat16),
     (300, 1, 1, 128, True, torch.bfloat16), (1000, 1000, 2, 128, True, torch.bfloat16),
     (777, 1500, 4, 128, True, torch.float16), (1500, 777, 1, 64, True, torch.float16),
     (513, 1025, 8, 64, False, torch.bfloat16), (2048, 2048, 1, 128, False, torch.bfloat16),
+    (1, 4500, 2, 64, False, torch.bfloat16), (4500, 4500, 1, 64, True, torch.bfloat16),
 ])
-def test_gpu_matches_float64(persistent, n_q, n_k, group, d, causal, dtype):
+def test_gpu_matches_float64(cfg, n_q, n_k, group, d, causal, dtype):
+    if cfg.get("CONSUMERS") == 3 and d != 64:
+        pytest.skip("three consumers' Q tiles fit shared memory at head_dim 64 only")
     torch.manual_seed(n_q + 13 * n_k)
     q, k, v = _qkv(2, n_q, n_k, 8, 8 // group, d, dtype, "cuda")
-    o, lse2 = hopper.hopper_fwd(q, k, v, causal, 1 / math.sqrt(d), {"PERSISTENT": persistent})
+    o, lse2 = hopper.hopper_fwd(q, k, v, causal, 1 / math.sqrt(d), cfg)
     ref, ref_lse = reference.attention(q.double(), k.double(), v.double(), causal=causal, return_lse=True)
     assert rel_err(o, ref) <= (1e-2 if dtype == torch.bfloat16 else 2e-3)
     lse = torch.where(torch.isinf(lse2), torch.full_like(lse2, float("-inf")), lse2 * LN2).double()

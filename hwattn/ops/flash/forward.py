@@ -309,14 +309,14 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 def forward_kernel() -> str:
-    """HWATTN_FWD_KERNEL: "portable" (default: this file's Triton kernel, every GPU and the interpreter),
-    "auto" (the hand-scheduled Gluon Hopper forward of `hopper.py` where it applies and was measured faster
-    through this API, `hopper.preferred`; the portable kernel elsewhere) or "gluon" (the Gluon kernel wherever
-    it applies: sm_90, fp16 / bf16, head_dim 64 or 128, no score mods, windows or block masks, TMA-aligned
-    rows; elsewhere the portable kernel, with a warning once per reason). The backward is the portable one
-    either way (it reads the same LSE). "auto" is not yet the default: the GPU suite has not yet been seen
-    to pass with it (docs/hopper.md)."""
-    return env_choice("HWATTN_FWD_KERNEL", ("portable", "auto", "gluon"))
+    """HWATTN_FWD_KERNEL: "auto" (default: the hand-scheduled Gluon Hopper forward of `hopper.py` on sm_90 where
+    it applies and was measured faster through this API, `hopper.preferred`; this file's Triton kernel
+    everywhere else, the interpreter included), "portable" (this file's kernel always) or "gluon" (the Gluon
+    kernel wherever it applies: sm_90, fp16 / bf16, head_dim 64 or 128, no score mods, windows or block
+    masks, TMA-aligned rows; elsewhere the portable kernel, with a warning once per reason). The backward is
+    the portable one either way (it reads the same LSE). With "auto" the GPU suite passed on an H100
+    (2026-12-06, docs/hopper.md)."""
+    return env_choice("HWATTN_FWD_KERNEL", ("auto", "portable", "gluon"))
 
 
 _FALLBACKS_SAID: set = set()

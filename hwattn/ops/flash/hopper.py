@@ -57,10 +57,14 @@ def config(head_dim: int, causal: bool, n_k: int = 4096) -> dict:
     H200 (docs/hopper.md, 2026-12-04): 3 stages beat 2 by 10-19% (the loader runs two blocks ahead). The
     persistent schedule (one program per SM walking tiles, the next tile's Q loading under this one's
     epilogue) wins only where tiles are short and all alike: non-causal, Nk <= 512 (+23% at D = 128); it lost
-    2-30% causal (no global longest-first order) and 0-5% at longer Nk."""
-    # shared memory at 3 stages: 3 x 64 KB + 32 KB = 224 KB at D = 128, 3 x 32 KB + 16 KB at D = 64
-    # CONSUMERS = 3 (192-row tiles, FA3's choice at D = 64) is built and compiled but not yet timed
-    return dict(BLOCK_N=128, STAGES=3, PERSISTENT=not causal and n_k <= 512, CONSUMERS=2)
+    2-30% causal (no global longest-first order) and 0-5% at longer Nk. Three consumer warpgroups (192-row
+    tiles, FA3's choice at D = 64) against two, H100, 2026-12-06: non-causal +5% at Nk = 4096 and +12% at
+    16384, -1% at 1024; causal +6% at 16384 but -3% at 4096 and -21% at 1024. Taken non-causal from
+    Nk = 4096 only: causal 192-row tiles have not yet been checked against float64 on a GPU."""
+    # shared memory at 3 stages: 3 x 64 KB + 32 KB = 224 KB at D = 128; at D = 64 3 x 32 KB + 16 KB with two
+    # consumers, + 8 KB with three (no room for a third 64-row Q tile at D = 128)
+    consumers = 3 if head_dim == 64 and not causal and n_k >= 4096 else 2
+    return dict(BLOCK_N=128, STAGES=3, PERSISTENT=not causal and n_k <= 512, CONSUMERS=consumers)
 
 
 def preferred(head_dim: int, n_k: int, causal: bool) -> bool:
@@ -374,8 +378,9 @@ def hopper_fwd(q, k, v, causal: bool, softmax_scale: float, cfg: dict | None = N
     """q (B, Nq, Hq, D), k / v (B, Nk, Hkv, D), checked by `unsupported_reason`. Returns O (B, Nq, Hq, D)
     contiguous and the log2-domain LSE (B, Hq, Nq) float32, as `forward.flash_fwd`. cfg: overrides of
     `config(D, causal, Nk)` (experiments). FP8 (e4m3 q, k, v; v seqlen-major): descale = (descale_q (B, Hq),
-    descale_k (B, Hkv), descale_v (B, Hkv)) float32 and a 16-bit out_dtype, as `flash_fwd`; this variant
-    has not yet run on a GPU and nothing routes to it (docs/hopper.md)."""
+    descale_k (B, Hkv), descale_v (B, Hkv)) float32 and a 16-bit out_dtype, as `flash_fwd`; this variant is
+    correct on an H100 but slower than the portable FP8 forward there (2026-12-06), so nothing routes to it
+    (docs/hopper.md)."""
     B, n_q, n_heads, head_dim = q.shape
     n_k, n_kv_heads = k.shape[1], k.shape[2]
     group = n_heads // n_kv_heads
