@@ -62,16 +62,18 @@ def _check_against_reference(q, k, v, causal, softmax_scale=None, bound_scale=1.
     return out, (dq, dk, dv)
 
 
-def _cancelling_term_norm(name, q, k, v, do, causal, softmax_scale):
+def _cancelling_term_norm(name, q, k, v, do, causal, softmax_scale, mask=None):
     """||scale (P * dO V^T) K|| (dq) or ||scale (P * dO V^T)^T Q|| (dk), float64: the gradient without its delta
-    term, whose size sets the rounding of a dQ / dK that cancels to zero. (B, N, H, D) inputs, GQA repeated."""
+    term, whose size sets the rounding of a dQ / dK that cancels to zero. (B, N, H, D) inputs, GQA repeated;
+    mask: an (Nq, Nk) boolean mask instead of `causal`'s bottom-right one."""
     group = q.shape[2] // k.shape[2]
     qh, kh, vh = (x.detach().double().transpose(1, 2) for x in (q, k, v))
     kh, vh = kh.repeat_interleave(group, 1), vh.repeat_interleave(group, 1)
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     s = scale * qh @ kh.transpose(-1, -2)
-    if causal:
-        s = s.masked_fill(~causal_mask(q.shape[1], k.shape[1], device=s.device), float("-inf"))
+    if causal or mask is not None:
+        keep = mask if mask is not None else causal_mask(q.shape[1], k.shape[1], device=s.device)
+        s = s.masked_fill(~keep, float("-inf"))
     p = torch.nan_to_num(torch.softmax(s, -1), nan=0.0)  # rows without keys: 0
     pdp = p * (do.double().transpose(1, 2) @ vh.transpose(-1, -2))
     return float(((pdp @ kh) if name == "dq" else (pdp.transpose(-1, -2) @ qh)).norm() * scale)
@@ -208,8 +210,16 @@ def test_sdpa_matches_torch_sdpa(n_q, n_k, is_causal):
     ref = F.scaled_dot_product_attention(q64, k64, v64, is_causal=is_causal, enable_gqa=True)
     assert_rel_close("out", out, ref, torch.float32)
     do = torch.randn_like(out)
-    for got, want in zip(torch.autograd.grad(out, (q, k, v), do), torch.autograd.grad(ref, (q64, k64, v64), do.double())):
-        assert_rel_close("grad", got, want, torch.float32)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    for name, got, want in zip(("dq", "dk", "dv"), grads, torch.autograd.grad(ref, (q64, k64, v64), do.double())):
+        bound = TOLERANCE[torch.float32]
+        if is_causal and name != "dv":
+            # top-left, row 0 sees key 0 alone: its dQ (and key 0's dK share) is the rounding of two equal terms,
+            # which at Nq = 2 can outweigh the one other row's gradient; measured against the terms' size
+            top_left = torch.ones(n_q, n_k, dtype=torch.bool).tril()
+            bound *= max(1.0, _cancelling_term_norm(name, *(x.transpose(1, 2) for x in (q64, k64, v64, do)), False,
+                                                    None, mask=top_left) / float(want.norm()))
+        assert_rel_close(name, got, want, torch.float32, bound)
 
 
 def test_flash_causal_matches_flex_style_bottom_right_mask():
