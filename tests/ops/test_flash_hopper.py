@@ -145,7 +145,8 @@ def _on_hopper():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not (_on_hopper() and hopper.HAVE_GLUON), reason="needs an sm_90 GPU and Gluon")
-@pytest.mark.parametrize("cfg", [{"PERSISTENT": False}, {"PERSISTENT": True}, {"CONSUMERS": 3}],
+@pytest.mark.parametrize("cfg", [{"PERSISTENT": False, "CONSUMERS": 2}, {"PERSISTENT": True, "CONSUMERS": 2},
+                                 {"PERSISTENT": False, "CONSUMERS": 3}],
                          ids=["grid", "persistent", "3consumers"])
 @pytest.mark.parametrize("n_q, n_k, group, d, causal, dtype", [
     (1, 1, 1, 128, False, torch.bfloat16), (1, 300, 1, 128, True, torch.bfloat16),
