@@ -217,8 +217,9 @@ def test_sdpa_matches_torch_sdpa(n_q, n_k, is_causal):
             # top-left, row 0 sees key 0 alone: its dQ (and key 0's dK share) is the rounding of two equal terms,
             # which at Nq = 2 can outweigh the one other row's gradient; measured against the terms' size
             top_left = torch.ones(n_q, n_k, dtype=torch.bool).tril()
-            bound *= max(1.0, _cancelling_term_norm(name, *(x.transpose(1, 2) for x in (q64, k64, v64, do)), False,
-                                                    None, mask=top_left) / float(want.norm()))
+            terms = _cancelling_term_norm(name, *(x.transpose(1, 2) for x in (q64, k64, v64, do)), causal=False,
+                                          softmax_scale=None, mask=top_left)
+            bound *= max(1.0, terms / float(want.norm()))
         assert_rel_close(name, got, want, torch.float32, bound)
 
 
