@@ -5,6 +5,7 @@
 #  suite     the GPU suite of the exact kernel with HWATTN_FWD_KERNEL=auto, -v so that every result is named as
 #            it lands; the failed ones again, alone, with their tracebacks;
 #  bwd       the Gluon backward experiment: float64 check, then TFLOP/s beside the portable backward and cuDNN's;
+#  fused     the same for the one-launch Gluon backward (FA3's five matmuls, dQ by TMA reduce-add);
 #  fp8       the FP8 variant of the Gluon forward: float64 check, then TFLOP/s beside the portable FP8 forward;
 #  c3        three consumer warpgroups (192-row tiles) against two at D = 64 (check, then forward TFLOP/s);
 #  diagnose  is the short causal forward host-bound? `hwattn diagnose attention` (overhead verdict) at
@@ -31,6 +32,10 @@ for section in $sections; do
     bwd)
         timeout "${BWD_S:-200}" python scripts/exp_gluon_bwd.py --check --bench > "$OUT/gluon_bwd.log" 2>&1
         echo "gluon backward rc=$?"; tail -25 "$OUT/gluon_bwd.log" ;;
+    fused)
+        timeout "${FUSED_S:-400}" python scripts/exp_gluon_bwd.py --check --bench --variants fused \
+            --d "${FUSED_D:-128,64}" --n "${FUSED_N:-1024,4096,16384}" > "$OUT/gluon_fused.log" 2>&1
+        echo "gluon fused backward rc=$?"; grep -v "^OK " "$OUT/gluon_fused.log" | tail -30; grep -c "^OK " "$OUT/gluon_fused.log" ;;
     fp8)
         timeout "${FP8_S:-150}" python scripts/gpu_gluon.py --out "$OUT/fp8" --sections fp8 > "$OUT/gluon_fp8.log" 2>&1
         echo "gluon fp8 rc=$?"; tail -12 "$OUT/gluon_fp8.log" ;;
@@ -42,6 +47,6 @@ for section in $sections; do
         HWATTN_FWD_KERNEL=auto timeout 150 python -c "from hwattn.cli import main; main('diagnose attention --batch 16 \
 --n 1024 --heads 16 --d 128 --causal --impl hwattn,sdpa'.split())" > "$OUT/diagnose.log" 2>&1
         echo "diagnose rc=$?"; tail -25 "$OUT/diagnose.log" ;;
-    *) echo "unknown section $section (suite, bwd, fp8, c3, diagnose)"; exit 2 ;;
+    *) echo "unknown section $section (suite, bwd, fused, fp8, c3, diagnose)"; exit 2 ;;
     esac
 done
