@@ -30,53 +30,22 @@ import torch
 import triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from hwattn.ops.flash import hopper  # noqa: E402
+from hwattn.ops.flash import hopper, hopper_bwd  # noqa: E402
 from hwattn.ops.flash.common import LOG2E  # noqa: E402
 
 from triton.experimental import gluon  # noqa: E402
 from triton.experimental.gluon import language as gl  # noqa: E402
-from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, warpgroup_mma,  # noqa: E402
-                                                               warpgroup_mma_init, warpgroup_mma_wait)
+from triton.experimental.gluon.language.nvidia.hopper import (mbarrier, warpgroup_mma, warpgroup_mma_init,  # noqa: E402
+                                                               warpgroup_mma_wait)
 
 _tma_load = hopper._tma_load
-_cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier   # renamed by 3.9
 
 
-from triton.experimental.gluon.language._core import builtin as _builtin  # noqa: E402
-from triton.experimental.gluon.language.nvidia.hopper import tma as _tma  # noqa: E402
-from triton._C.libtriton import ir as _ir  # noqa: E402
-
-
-@_builtin
-def _tma_reduce_add(tensor_desc, coord, src, _semantic=None):
-    """TMA reduce-add of a shared-memory tile into global memory (cp.reduce.async.bulk.tensor .add): triton 3.9
-    calls it tma.async_atomic_add; 3.6 has the op but no Python wrapper."""
-    coord = _semantic._convert_to_ir_values(coord, require_i64=False)
-    _semantic.builder.create_async_tma_reduce(_ir.DESCRIPTOR_REDUCE_KIND.ADD, tensor_desc.handle, coord, src.handle)
 SPLIT = 64  # rows (keys in dK/dV, queries in dQ) per consumer warpgroup
 
 
 # ----------------------------------------------------------------------------------------------- dK / dV
-@gluon.jit
-def _dkdv_load(q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, qdo_ready, qdo_free,
-               b, hk, n0, group, first_block, n_q_blocks, STAGES: gl.constexpr):
-    split_n: gl.constexpr = k_desc.block_type.shape[1]
-    head_dim: gl.constexpr = k_desc.block_type.shape[2]
-    block_m: gl.constexpr = q_desc.block_type.shape[1]
-    for wg in gl.static_range(2):
-        mbarrier.expect(kv_bar.index(wg), k_desc.block_type.nbytes + v_desc.block_type.nbytes)
-        _tma_load(k_desc, [b, n0 + wg * split_n, hk * head_dim], kv_bar.index(wg), k_smem.index(wg))
-        _tma_load(v_desc, [b, n0 + wg * split_n, hk * head_dim], kv_bar.index(wg), v_smem.index(wg))
-    count = 0
-    for hg in range(group):
-        h = hk * group + hg
-        for i in range(first_block, n_q_blocks):
-            stage = count % STAGES
-            mbarrier.wait(qdo_free.index(stage), ((count // STAGES) & 1) ^ 1)
-            mbarrier.expect(qdo_ready.index(stage), q_desc.block_type.nbytes + do_desc.block_type.nbytes)
-            _tma_load(q_desc, [b, i * block_m, h * head_dim], qdo_ready.index(stage), q_smem.index(stage))
-            _tma_load(do_desc, [b, i * block_m, h * head_dim], qdo_ready.index(stage), do_smem.index(stage))
-            count += 1
+_dkdv_load = hopper_bwd._load_partition   # the one-launch kernel's loader: K, V once, then Q, dO per block
 
 
 @gluon.jit
@@ -306,209 +275,11 @@ def _dq_kernel(q_desc, do_desc, k_desc, v_desc, dq_ptr, stride_b, stride_n, lse_
     ], [4, 1], [240, 24])
 
 
-# ------------------------------------------------------------------------------- fused (FA3's schedule)
-# One kernel, five block matmuls per (query block, key block) instead of the split schedule's seven: the
-# dK/dV program also forms dQ_i's share of its 128 keys, dQ_i += dS_ij K_j, and adds it to a float32 dQ in
-# global memory (relaxed atomics; FA3 adds by TMA reduce, which Gluon 3.6 does not expose). dS_ij is needed
-# by both consumer warpgroups (each owns 64 keys of it; dQ splits head_dim between them), so each writes its
-# dS^T half to shared memory (double buffered: ds_ready / ds_free, two arrivals each).
-@gluon.jit
-def _fused_step(dk, dv, k, v, k_smem, q_smem, do_smem, p_smem, ds_smem, dq_smem, qdo_ready, qdo_free, ds_ready, ds_free,
-                dq_desc, b, h, keys, offs_m, zero_s, zero_dq, lse_ptr, delta_ptr, row_base, i, count, mid, n_q, n_k,
-                qk_scale, softmax_scale, WG: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr):
-    """One query block against this warpgroup's 64 keys. S is (queries, keys), as FA3 has it at D = 128: the
-    LSE and delta are then two registers a thread (a column each in S^T: 32), and P^T / dS^T reach the dV / dK
-    wgmmas as transposed shared-memory operands."""
-    block_m: gl.constexpr = q_smem.type.shape[2]
-    head_dim: gl.constexpr = q_smem.type.shape[3]
-    split_n: gl.constexpr = k_smem.type.shape[2]
-    dtype: gl.constexpr = q_smem.dtype
-    stage = count % STAGES
-    buf = count % 2
-    rows = i * block_m + offs_m
-    lse = gl.load(lse_ptr + row_base + rows, mask=rows < n_q, other=float("inf"))
-    delta = gl.load(delta_ptr + row_base + rows, mask=rows < n_q, other=0.0)
-    mbarrier.wait(qdo_ready.index(stage), (count // STAGES) & 1)
-    q = q_smem.index(stage).reshape([block_m, head_dim])
-    do = do_smem.index(stage).reshape([block_m, head_dim])
-    s_tok = warpgroup_mma(q, k.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-    dp_tok = warpgroup_mma(do, v.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-    s = warpgroup_mma_wait(1, deps=(s_tok, ))
-    p = gl.exp2(s * qk_scale - lse[:, None])
-    if CAUSAL:
-        if i < mid:   # the block straddles the diagonal
-            p = gl.where(rows[:, None] + (n_k - n_q) >= keys[None, :], p, 0.0)
-    p_smem.index(WG).store(p.to(dtype))   # its last reader, the previous block's dV, was waited for
-    fence_async_shared()
-    _cta_barrier()
-    dv_tok = warpgroup_mma(p_smem.index(WG).permute((1, 0)), do, dv, is_async=True)
-    dp = warpgroup_mma_wait(1, deps=(dp_tok, ))
-    ds = (p * (dp - delta[:, None])).to(dtype)
-    # dS of these 64 keys for both warpgroups' dQ, once the buffer's readers of two blocks ago are done
-    mbarrier.wait(ds_free.index(buf), ((count // 2) & 1) ^ 1)
-    ds_smem.index(2 * buf + WG).store(ds)
-    fence_async_shared()
-    _cta_barrier()
-    mbarrier.arrive(ds_ready.index(buf), count=1)
-    dk_tok = warpgroup_mma(ds_smem.index(2 * buf + WG).permute((1, 0)), q, dk, is_async=True)
-    mbarrier.wait(ds_ready.index(buf), (count // 2) & 1)
-    # dQ_i[:, this warpgroup's half of head_dim] = sum over both warpgroups' keys of dS K
-    half: gl.constexpr = head_dim // 2
-    dq_tok = warpgroup_mma(ds_smem.index(2 * buf),
-                           k_smem.index(0).reshape([split_n, head_dim]).slice(WG * half, half, dim=1), zero_dq,
-                           use_acc=False, is_async=True)
-    dq_tok = warpgroup_mma(ds_smem.index(2 * buf + 1),
-                           k_smem.index(1).reshape([split_n, head_dim]).slice(WG * half, half, dim=1), dq_tok,
-                           is_async=True)
-    dv, dk, dq = warpgroup_mma_wait(0, deps=(dv_tok, dk_tok, dq_tok))
-    mbarrier.arrive(qdo_free.index(stage), count=1)
-    mbarrier.arrive(ds_free.index(buf), count=1)
-    # dQ into the float32 dQ in global memory by a TMA reduce-add (rows past Nq clipped by the descriptor), once
-    # the previous block's reduce has read the tile
-    _tma.store_wait(0)
-    _cta_barrier()
-    dq_smem.index(WG).reshape([block_m, half]).store(dq * softmax_scale)
-    fence_async_shared()
-    _cta_barrier()
-    _tma_reduce_add(dq_desc, [b, i * block_m, h * head_dim + WG * half], dq_smem.index(WG))
-    return dk, dv
-
-
-@gluon.jit
-def _fused_consume(WG: gl.constexpr, shared, CAUSAL: gl.constexpr, STAGES: gl.constexpr):
-    (q_smem, do_smem, k_smem, v_smem, p_smem, ds_smem, dq_smem, kv_bar, qdo_ready, qdo_free, ds_ready, ds_free, dk_ptr,
-     dv_ptr, dq_desc, stride_b, stride_n, lse_ptr, delta_ptr, b, hk, n0, group, first_block, first_full,
-     n_q_blocks, n_q, n_k, n_heads, qk_scale, softmax_scale) = shared
-    split_n: gl.constexpr = k_smem.type.shape[2]
-    head_dim: gl.constexpr = k_smem.type.shape[3]
-    block_m: gl.constexpr = q_smem.type.shape[2]
-    dtype: gl.constexpr = q_smem.dtype
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, split_n, 16])
-    kv_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                        instr_shape=[16, head_dim, 16])
-    dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                        instr_shape=[16, head_dim // 2, 16])
-    keys = n0 + WG * split_n + gl.arange(0, split_n, layout=gl.SliceLayout(0, s_layout))
-    offs_m = gl.arange(0, block_m, layout=gl.SliceLayout(1, s_layout))
-    zero_s = gl.zeros([block_m, split_n], gl.float32, s_layout)
-    zero_dq = gl.zeros([block_m, head_dim // 2], gl.float32, dq_layout)
-    dk = gl.zeros([split_n, head_dim], gl.float32, kv_layout)
-    dv = gl.zeros([split_n, head_dim], gl.float32, kv_layout)
-    mbarrier.wait(kv_bar.index(0), 0)
-    mbarrier.wait(kv_bar.index(1), 0)   # dQ reads both halves of K
-    k = k_smem.index(WG).reshape([split_n, head_dim])
-    v = v_smem.index(WG).reshape([split_n, head_dim])
-    mid = gl.minimum(gl.maximum(first_full, first_block), n_q_blocks)
-    count = 0
-    for hg in range(group):
-        h = hk * group + hg
-        row_base = (b * n_heads + h).to(gl.int64) * n_q
-        # one loop, the diagonal blocks (i < mid) first: two specialised loops spilled 340 B causal, this 188
-        for i in range(first_block, n_q_blocks):
-            dk, dv = _fused_step(dk, dv, k, v, k_smem, q_smem, do_smem, p_smem, ds_smem, dq_smem, qdo_ready, qdo_free,
-                                 ds_ready, ds_free, dq_desc, b, h, keys, offs_m, zero_s, zero_dq, lse_ptr, delta_ptr,
-                                 row_base, i, count, mid, n_q, n_k, qk_scale, softmax_scale, WG, CAUSAL, STAGES)
-            count += 1
-    _tma.store_wait(0)
-    key_rows = n0 + WG * split_n + gl.arange(0, split_n, layout=gl.SliceLayout(1, kv_layout))
-    offs_d = gl.arange(0, head_dim, layout=gl.SliceLayout(0, kv_layout))
-    offs = b.to(gl.int64) * stride_b + key_rows.to(gl.int64)[:, None] * stride_n + hk * head_dim + offs_d[None, :]
-    ok = (key_rows < n_k)[:, None]
-    gl.store(dk_ptr + offs, (dk * softmax_scale).to(dtype), mask=ok)
-    gl.store(dv_ptr + offs, dv.to(dtype), mask=ok)
-
-
-@gluon.jit
-def _fused_kernel(q_desc, do_desc, k_desc, v_desc, dq_desc, dk_ptr, dv_ptr, stride_b, stride_n, lse_ptr, delta_ptr, n_q, n_k, n_heads, n_kv_heads, group, qk_scale, softmax_scale,
-                  CAUSAL: gl.constexpr, STAGES: gl.constexpr):
-    split_n: gl.constexpr = k_desc.block_type.shape[1]
-    block_m: gl.constexpr = q_desc.block_type.shape[1]
-    n0 = gl.program_id(0) * (2 * split_n)
-    bh = gl.program_id(1)
-    b = bh // n_kv_heads
-    hk = bh % n_kv_heads
-    n_q_blocks = gl.cdiv(n_q, block_m)
-    first_block = 0
-    first_full = 0
-    if CAUSAL:
-        first_block = gl.maximum(n0 - (n_k - n_q), 0) // block_m
-        first_full = gl.cdiv(gl.maximum(n0 + 2 * split_n - 1 - (n_k - n_q), 0), block_m)
-    q_smem = gl.allocate_shared_memory(q_desc.dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
-    do_smem = gl.allocate_shared_memory(do_desc.dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
-    k_smem = gl.allocate_shared_memory(k_desc.dtype, [2] + k_desc.block_type.shape, k_desc.layout)
-    v_smem = gl.allocate_shared_memory(v_desc.dtype, [2] + v_desc.block_type.shape, v_desc.layout)
-    ds_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-    p_smem = gl.allocate_shared_memory(q_desc.dtype, [2, block_m, split_n], ds_layout)   # [warpgroup]
-    ds_smem = gl.allocate_shared_memory(q_desc.dtype, [4, block_m, split_n], ds_layout)  # [buffer, warpgroup]
-    dq_smem = gl.allocate_shared_memory(dq_desc.dtype, [2] + dq_desc.block_type.shape, dq_desc.layout)
-    kv_bar = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    qdo_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    qdo_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    ds_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(2):
-        mbarrier.init(kv_bar.index(i), count=1)
-        mbarrier.init(ds_ready.index(i), count=2)
-        mbarrier.init(ds_free.index(i), count=2)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(qdo_ready.index(i), count=1)
-        mbarrier.init(qdo_free.index(i), count=2)
-    shared = (q_smem, do_smem, k_smem, v_smem, p_smem, ds_smem, dq_smem, kv_bar, qdo_ready, qdo_free, ds_ready, ds_free,
-              dk_ptr, dv_ptr, dq_desc, stride_b, stride_n, lse_ptr, delta_ptr, b, hk, n0, group, first_block,
-              first_full, n_q_blocks, n_q, n_k, n_heads, qk_scale, softmax_scale)
-    gl.warp_specialize([
-        (_fused_consume, (0, shared, CAUSAL, STAGES)),
-        (_fused_consume, (1, shared, CAUSAL, STAGES)),
-        (_dkdv_load, (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, qdo_ready, qdo_free,
-                      b, hk, n0, group, first_block, n_q_blocks, STAGES)),
-    ], [4, 1], [240, 24])
-
 # --------------------------------------------------------------------------------------------------- host
 DQ_BLOCK_N = 64
 DKDV_BLOCK_M = 32   # query rows per dK/dV step: 64 spilled 84 B (488 B causal) at D = 128, ptxas sm_90a
-FUSED_BLOCK_M = 64  # query rows per step of the fused kernel (FA3's choice at D = 128)
 
-
-def fused_stages(head_dim):
-    return 2 if head_dim > 64 else 3   # Q / dO ring depth: 3 stages at D = 128 would need 245 KB
 STAGES = 3
-
-
-def _delta(o, do):
-    """rowsum(dO * O) (B, H, Nq) float32, by the portable backward's preprocess kernel."""
-    from hwattn.ops.flash.backward import _bwd_preprocess
-    B, n_q, n_heads, head_dim = o.shape
-    delta = torch.empty((B, n_heads, n_q), device=o.device, dtype=torch.float32)
-    _bwd_preprocess[(triton.cdiv(n_q, 64), B * n_heads)](
-        o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2),
-        n_q, n_heads, HEAD_DIM=head_dim, BLOCK_D=head_dim, BLOCK_M=64)
-    return delta
-
-
-def _dq_descriptor(dq_acc):
-    """The float32 dQ (B, N, H, D) as (B, N, H * D), tiles of 64 rows and half a head (one warpgroup's dQ)."""
-    B, n, heads, head_dim = dq_acc.shape
-    return hopper.TensorDescriptor(dq_acc, [B, n, heads * head_dim], [dq_acc.stride(0), dq_acc.stride(1), 1],
-                                   [1, FUSED_BLOCK_M, head_dim // 2],
-                                   gl.NVMMASharedLayout.get_default_for([1, FUSED_BLOCK_M, head_dim // 2], gl.float32))
-
-
-def gluon_bwd_fused(do, q, k, v, o, lse2, causal, softmax_scale, stages=None):
-    """As gluon_bwd, in one launch of five block matmuls (dQ by float32 atomics, then cast)."""
-    B, n_q, n_heads, head_dim = q.shape
-    n_k, n_kv_heads = k.shape[1], k.shape[2]
-    delta = _delta(o, do)
-    dq_acc = torch.zeros((B, n_q, n_heads, head_dim), device=q.device, dtype=torch.float32)
-    dk = torch.empty((B, n_k, n_kv_heads, head_dim), device=q.device, dtype=q.dtype)
-    dv = torch.empty_like(dk)
-    d = hopper._descriptor
-    stages = stages or fused_stages(head_dim)
-    _fused_kernel[(triton.cdiv(n_k, 2 * SPLIT), B * n_kv_heads)](
-        d(q, FUSED_BLOCK_M), d(do, FUSED_BLOCK_M), d(k, SPLIT), d(v, SPLIT), _dq_descriptor(dq_acc), dk, dv,
-        dk.stride(0), dk.stride(1), lse2, delta, n_q, n_k, n_heads, n_kv_heads, n_heads // n_kv_heads,
-        softmax_scale * LOG2E, softmax_scale, CAUSAL=causal, STAGES=stages, num_warps=4, maxnreg=168)
-    return dq_acc.to(q.dtype), dk, dv
 
 
 def gluon_bwd(do, q, k, v, o, lse2, causal, softmax_scale):
@@ -516,7 +287,7 @@ def gluon_bwd(do, q, k, v, o, lse2, causal, softmax_scale):
     Same support as hopper.unsupported_reason (checked by the caller), do with q's layout."""
     B, n_q, n_heads, head_dim = q.shape
     n_k, n_kv_heads = k.shape[1], k.shape[2]
-    delta = _delta(o, do)
+    delta = hopper_bwd._delta(o, do)
     dq = torch.empty((B, n_q, n_heads, head_dim), device=q.device, dtype=q.dtype)
     dk = torch.empty((B, n_k, n_kv_heads, head_dim), device=q.device, dtype=q.dtype)
     dv = torch.empty_like(dk)
@@ -535,35 +306,35 @@ def gluon_bwd(do, q, k, v, o, lse2, causal, softmax_scale):
 
 # -------------------------------------------------------------------------------------------- the checks
 def compile_offline(only=None, head_dims=(128, 64)):
-    """Both kernels for sm_90 on the installed triton, no GPU; ptxas -v of each (spills decide the tiles)."""
+    """The kernels for sm_90 on the installed triton, no GPU; ptxas -v of each (spills decide the tiles)."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from flash_compile_check import ptxas_report
     for head_dim in head_dims:
         for causal in (False, True):
             x = torch.empty(1, 1024, 4, head_dim, dtype=torch.bfloat16)
             d = hopper._descriptor
+            compile_split = lambda fn, values: hopper.compile_gluon_sm90(  # noqa: E731
+                fn, values, dict(CAUSAL=causal, STAGES=STAGES), maxnreg=168)
             kernels = {
-                "dkdv": (_dkdv_kernel, [d(x, DKDV_BLOCK_M), d(x, DKDV_BLOCK_M), d(x, SPLIT), d(x, SPLIT), x, x,
-                                        x.stride(0), x.stride(1), torch.empty(1), torch.empty(1), 1024, 1024, 4, 2,
-                                        2, 0.1, 0.1]),
-                "dq": (_dq_kernel, [d(x, SPLIT), d(x, SPLIT), d(x, DQ_BLOCK_N), d(x, DQ_BLOCK_N), x, x.stride(0),
-                                    x.stride(1), torch.empty(1), torch.empty(1), 1024, 1024, 4, 2, 0.1, 0.1]),
-                "fused": (_fused_kernel, [d(x, FUSED_BLOCK_M), d(x, FUSED_BLOCK_M), d(x, SPLIT), d(x, SPLIT),
-                                          _dq_descriptor(x.float()), x, x, x.stride(0), x.stride(1), torch.empty(1),
-                                          torch.empty(1), 1024, 1024, 4, 2, 2, 0.1, 0.1]),
+                "dkdv": lambda: compile_split(_dkdv_kernel, [
+                    d(x, DKDV_BLOCK_M), d(x, DKDV_BLOCK_M), d(x, SPLIT), d(x, SPLIT), x, x, x.stride(0), x.stride(1),
+                    torch.empty(1), torch.empty(1), 1024, 1024, 4, 2, 2, 0.1, 0.1]),
+                "dq": lambda: compile_split(_dq_kernel, [
+                    d(x, SPLIT), d(x, SPLIT), d(x, DQ_BLOCK_N), d(x, DQ_BLOCK_N), x, x.stride(0), x.stride(1),
+                    torch.empty(1), torch.empty(1), 1024, 1024, 4, 2, 0.1, 0.1]),
+                "fused": lambda: hopper_bwd.compile_sm90(head_dim, causal, group=2),
             }
-            for name, (fn, values) in kernels.items():
+            for name, build in kernels.items():
                 if only and name not in only:
                     continue
-                k = hopper.compile_gluon_sm90(fn, values, dict(CAUSAL=causal, STAGES=fused_stages(head_dim) if name == "fused"
-                                                                else STAGES), maxnreg=168)
+                k = build()
                 regs, spill, serialised = ptxas_report(k.asm["ptx"])
                 print(f"{name} D={head_dim} causal={causal}: {regs} registers, shared {k.metadata.shared} B, warps "
                       f"{k.metadata.num_warps}, wgmma {k.asm['ptx'].count('wgmma.mma_async')}, spill stores "
                       f"{spill} B, serialised {serialised or 'no'}", flush=True)
 
 
-VARIANTS = {"split": lambda *a: gluon_bwd(*a), "fused": lambda *a: gluon_bwd_fused(*a)}
+VARIANTS = {"split": lambda *a: gluon_bwd(*a), "fused": lambda *a: hopper_bwd.hopper_bwd(*a)}
 
 
 def check(variants=("split", "fused")):

@@ -15,7 +15,7 @@ from .providers import PROVIDERS
 ALL_PROVIDERS = ["hwattn", "sdpa_cudnn", "sdpa_flash", "sdpa_efficient", "flex", "naive"]
 # valid for --providers, not part of "all"
 EXTRA_PROVIDERS = ["hwattn_split", "hwattn_fused", "hwattn_persistent", "hwattn_atomic", "hwattn_gluon", "hwattn_portable",
-                   "hwattn_auto", "fa4"]
+                   "hwattn_auto", "hwattn_gluon_bwd", "fa4"]
 NAIVE_MAX_BYTES = 24 * 2**30  # the naive provider materialises S and P; skip it where they would not fit
 
 

@@ -13,7 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "hwattn_split / hwattn_fused (our backward forced to two launches / one, for comparison), "
                         "hwattn_persistent (the forward on the persistent tile schedule), hwattn_atomic (dQ by "
                         "atomics), hwattn_gluon / hwattn_auto / hwattn_portable (HWATTN_FWD_KERNEL=gluon / auto / "
-                        "portable: the Gluon Hopper forward), fa4 (FlashAttention-4, if flash-attn-4 is installed)")
+                        "portable: the Gluon Hopper forward), hwattn_gluon_bwd (HWATTN_BWD_KERNEL=gluon: the Gluon "
+                        "Hopper backward), fa4 (FlashAttention-4, if flash-attn-4 is installed)")
     p.add_argument("--d", default="64,128", help="head dims (default 64,128)")
     p.add_argument("--n", default=None, help="sequence lengths, comma list (default 512..16384)")
     p.add_argument("--causal", choices=["both", "yes", "no"], default="both")

@@ -39,6 +39,8 @@ _hwattn_gluon = _hwattn_with({"HWATTN_FWD_KERNEL": "gluon"})
 # the portable Triton forward everywhere (the default), and the Gluon kernel where "auto" takes it
 _hwattn_portable = _hwattn_with({"HWATTN_FWD_KERNEL": "portable"})
 _hwattn_auto = _hwattn_with({"HWATTN_FWD_KERNEL": "auto"})
+# the backward on the one-launch Gluon Hopper kernel wherever it applies (ops/flash/hopper_bwd.py; opt-in)
+_hwattn_gluon_bwd = _hwattn_with({"HWATTN_BWD_KERNEL": "gluon"})
 
 
 def _sdpa(backend_name):
@@ -109,6 +111,7 @@ PROVIDERS = {
     "hwattn_gluon": _hwattn_gluon,
     "hwattn_portable": _hwattn_portable,
     "hwattn_auto": _hwattn_auto,
+    "hwattn_gluon_bwd": _hwattn_gluon_bwd,
     "sdpa_cudnn": _sdpa("CUDNN_ATTENTION"),
     "sdpa_flash": _sdpa("FLASH_ATTENTION"),
     "sdpa_efficient": _sdpa("EFFICIENT_ATTENTION"),

@@ -726,9 +726,43 @@ def _launch(kernel, tuned, kind, grid_of, args, meta, head_dim, dtype, orders=Fa
         tuned[grid_of](*args, **meta)
 
 
+def backward_kernel() -> str:
+    """HWATTN_BWD_KERNEL: "portable" (default: this file's Triton kernels, in the HWATTN_BWD schedule), "gluon"
+    (the one-launch Gluon Hopper backward of `hopper_bwd.py`, FA3's five-matmul schedule, wherever it applies:
+    sm_90, fp16 / bf16, head_dim 64 or 128, no score mods, windows or block masks, TMA-aligned rows; elsewhere
+    the portable kernels, with a warning once per reason) or "auto" (the Gluon one where `hopper_bwd.preferred`
+    says it was measured faster). Its dQ is summed by TMA reduce-adds, so its last bits vary from run to run:
+    under torch.use_deterministic_algorithms(True) the portable backward runs instead."""
+    return env_choice("HWATTN_BWD_KERNEL", ("portable", "gluon", "auto"))
+
+
+_BWD_FALLBACKS_SAID: set = set()
+
+
+def _hopper_bwd_reason(do, q, k, v, causal, block_mask, mods) -> str | None:
+    from . import hopper
+    reason = hopper.unsupported_reason(q, k, v, causal, block_mask, mods)
+    if reason is None and (do.shape != q.shape or do.dtype != q.dtype or do.stride(3) != 1
+                           or (do.shape[2] > 1 and do.stride(2) != do.shape[3]) or not hopper._rows_aligned(do)):
+        reason = "dO not (heads, head_dim) contiguous with 16-byte-aligned rows"
+    if reason is None and torch.are_deterministic_algorithms_enabled():
+        reason = "deterministic algorithms are on (its dQ adds vary in order)"
+    return reason
+
+
 def flash_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, block_mask=None, mods=None):
     """Gradients of flash_fwd (same block_mask and score mods). lse is flash_fwd's log2-domain LSE.
-    Returns dq, dk, dv (contiguous) and d rel_bias (float32, rel_bias's shape; None unless mods asks for it)."""
+    Returns dq, dk, dv (contiguous) and d rel_bias (float32, rel_bias's shape; None unless mods asks for it).
+    On sm_90 HWATTN_BWD_KERNEL may route it to the Gluon Hopper backward (`backward_kernel`)."""
+    kernel = backward_kernel()
+    if kernel == "gluon" or (kernel == "auto" and q.is_cuda):
+        from . import hopper_bwd
+        reason = _hopper_bwd_reason(do, q, k, v, causal, block_mask, mods)
+        if reason is None and (kernel == "gluon" or hopper_bwd.preferred(q.shape[-1], k.shape[1], causal)):
+            return (*hopper_bwd.hopper_bwd(do, q, k, v, o, lse, causal, softmax_scale), None)
+        if reason is not None and kernel == "gluon" and reason not in _BWD_FALLBACKS_SAID:
+            _BWD_FALLBACKS_SAID.add(reason)
+            warnings.warn(f"HWATTN_BWD_KERNEL=gluon: {reason}; this call runs the portable backward", stacklevel=2)
     B, n_q, n_heads, head_dim = q.shape
     n_k, n_kv_heads = k.shape[1], k.shape[2]
     block_d = max(16, triton.next_power_of_2(head_dim))
