@@ -739,15 +739,19 @@ def backward_kernel() -> str:
 _BWD_FALLBACKS_SAID: set = set()
 
 
-def _hopper_bwd_reason(do, q, k, v, causal, block_mask, mods) -> str | None:
+def _hopper_bwd_reason(q, k, v, causal, block_mask, mods) -> str | None:
     from . import hopper
     reason = hopper.unsupported_reason(q, k, v, causal, block_mask, mods)
-    if reason is None and (do.shape != q.shape or do.dtype != q.dtype or do.stride(3) != 1
-                           or (do.shape[2] > 1 and do.stride(2) != do.shape[3]) or not hopper._rows_aligned(do)):
-        reason = "dO not (heads, head_dim) contiguous with 16-byte-aligned rows"
     if reason is None and torch.are_deterministic_algorithms_enabled():
         reason = "deterministic algorithms are on (its dQ adds vary in order)"
     return reason
+
+
+def _tma_ready(do):
+    """dO as the Gluon backward's TMA descriptors take it: (heads, head_dim) contiguous, 16-byte-aligned rows."""
+    from . import hopper
+    ok = do.stride(3) == 1 and (do.shape[2] == 1 or do.stride(2) == do.shape[3]) and hopper._rows_aligned(do)
+    return do if ok else do.contiguous()
 
 
 def flash_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, block_mask=None, mods=None):
@@ -757,9 +761,9 @@ def flash_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, block_mas
     kernel = backward_kernel()
     if kernel == "gluon" or (kernel == "auto" and q.is_cuda):
         from . import hopper_bwd
-        reason = _hopper_bwd_reason(do, q, k, v, causal, block_mask, mods)
+        reason = _hopper_bwd_reason(q, k, v, causal, block_mask, mods)
         if reason is None and (kernel == "gluon" or hopper_bwd.preferred(q.shape[-1], k.shape[1], causal)):
-            return (*hopper_bwd.hopper_bwd(do, q, k, v, o, lse, causal, softmax_scale), None)
+            return (*hopper_bwd.hopper_bwd(_tma_ready(do), q, k, v, o, lse, causal, softmax_scale), None)
         if reason is not None and kernel == "gluon" and reason not in _BWD_FALLBACKS_SAID:
             _BWD_FALLBACKS_SAID.add(reason)
             warnings.warn(f"HWATTN_BWD_KERNEL=gluon: {reason}; this call runs the portable backward", stacklevel=2)
