@@ -83,12 +83,11 @@ def _dkdv_block(dk, dv, k, v, q_smem, do_smem, qdo_ready, qdo_free, keys, offs_m
 @gluon.jit
 def _dkdv_consume(WG: gl.constexpr, shared, CAUSAL: gl.constexpr, STAGES: gl.constexpr):
     (q_smem, do_smem, k_smem, v_smem, kv_bar, qdo_ready, qdo_free, dk_ptr, dv_ptr, stride_b, stride_n, lse_ptr,
-     delta_ptr, b, hk, n0, group, first_block, first_full, n_q_blocks, n_q, n_k, n_heads, qk_scale,
+     delta_ptr, b, hk, n0, group, first_block, mid, n_q_blocks, n_q, n_k, n_heads, qk_scale,
      softmax_scale) = shared
     split_n: gl.constexpr = k_smem.type.shape[2]
     head_dim: gl.constexpr = k_smem.type.shape[3]
     block_m: gl.constexpr = q_smem.type.shape[2]
-    dtype: gl.constexpr = q_smem.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, block_m, 16])
     kv_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -102,7 +101,6 @@ def _dkdv_consume(WG: gl.constexpr, shared, CAUSAL: gl.constexpr, STAGES: gl.con
     k = k_smem.index(WG).reshape([split_n, head_dim])
     v = v_smem.index(WG).reshape([split_n, head_dim])
     # the blocks on the diagonal (masked) first, then the bulk; `count` numbers blocks for the ring
-    mid = gl.minimum(gl.maximum(first_full, first_block), n_q_blocks)
     count = 0
     for hg in range(group):
         row_base = (b * n_heads + hk * group + hg).to(gl.int64) * n_q
@@ -114,12 +112,7 @@ def _dkdv_consume(WG: gl.constexpr, shared, CAUSAL: gl.constexpr, STAGES: gl.con
             dk, dv = _dkdv_block(dk, dv, k, v, q_smem, do_smem, qdo_ready, qdo_free, keys, offs_m, zero_s, lse_ptr,
                                  delta_ptr, row_base, i, count, n_q, n_k, qk_scale, False, STAGES)
             count += 1
-    key_rows = n0 + WG * split_n + gl.arange(0, split_n, layout=gl.SliceLayout(1, kv_layout))
-    offs_d = gl.arange(0, head_dim, layout=gl.SliceLayout(0, kv_layout))
-    offs = b.to(gl.int64) * stride_b + key_rows.to(gl.int64)[:, None] * stride_n + hk * head_dim + offs_d[None, :]
-    ok = (key_rows < n_k)[:, None]
-    gl.store(dk_ptr + offs, (dk * softmax_scale).to(dtype), mask=ok)
-    gl.store(dv_ptr + offs, dv.to(dtype), mask=ok)
+    hopper_bwd._store_dkdv(dk, dv, dk_ptr, dv_ptr, stride_b, stride_n, b, hk, n0, n_k, softmax_scale, WG)
 
 
 @gluon.jit
@@ -127,18 +120,8 @@ def _dkdv_kernel(q_desc, do_desc, k_desc, v_desc, dk_ptr, dv_ptr, stride_b, stri
                  n_heads, n_kv_heads, group, qk_scale, softmax_scale, CAUSAL: gl.constexpr, STAGES: gl.constexpr):
     split_n: gl.constexpr = k_desc.block_type.shape[1]
     block_m: gl.constexpr = q_desc.block_type.shape[1]
-    n0 = gl.program_id(0) * (2 * split_n)   # causal: key block 0 sees the most queries and launches first
-    bh = gl.program_id(1)
-    b = bh // n_kv_heads
-    hk = bh % n_kv_heads
-    n_q_blocks = gl.cdiv(n_q, block_m)
-    first_block = 0
-    first_full = 0
-    if CAUSAL:
-        # query i sees key j iff j <= i + Nk - Nq: blocks before first_block see none of these keys, blocks
-        # from first_full on see all of them
-        first_block = gl.maximum(n0 - (n_k - n_q), 0) // block_m
-        first_full = gl.cdiv(gl.maximum(n0 + 2 * split_n - 1 - (n_k - n_q), 0), block_m)
+    n0, b, hk, n_q_blocks, first_block, mid = hopper_bwd._key_program(n_q, n_k, n_kv_heads, split_n, block_m,
+                                                                       CAUSAL)
 
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
     do_smem = gl.allocate_shared_memory(do_desc.dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
@@ -154,7 +137,7 @@ def _dkdv_kernel(q_desc, do_desc, k_desc, v_desc, dk_ptr, dv_ptr, stride_b, stri
         mbarrier.init(qdo_free.index(i), count=2)
     # the shared arguments as one tuple; constexprs in place (bound to a name, they became tensors: 3.6)
     shared = (q_smem, do_smem, k_smem, v_smem, kv_bar, qdo_ready, qdo_free, dk_ptr, dv_ptr, stride_b, stride_n,
-              lse_ptr, delta_ptr, b, hk, n0, group, first_block, first_full, n_q_blocks, n_q, n_k, n_heads, qk_scale,
+              lse_ptr, delta_ptr, b, hk, n0, group, first_block, mid, n_q_blocks, n_q, n_k, n_heads, qk_scale,
               softmax_scale)
     gl.warp_specialize([
         (_dkdv_consume, (0, shared, CAUSAL, STAGES)),
@@ -287,7 +270,7 @@ def gluon_bwd(do, q, k, v, o, lse2, causal, softmax_scale):
     Same support as hopper.unsupported_reason (checked by the caller), do with q's layout."""
     B, n_q, n_heads, head_dim = q.shape
     n_k, n_kv_heads = k.shape[1], k.shape[2]
-    delta = hopper_bwd._delta(o, do)
+    delta = hopper_bwd.bwd_delta(o, do)
     dq = torch.empty((B, n_q, n_heads, head_dim), device=q.device, dtype=q.dtype)
     dk = torch.empty((B, n_k, n_kv_heads, head_dim), device=q.device, dtype=q.dtype)
     dv = torch.empty_like(dk)

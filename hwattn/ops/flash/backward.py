@@ -726,6 +726,17 @@ def _launch(kernel, tuned, kind, grid_of, args, meta, head_dim, dtype, orders=Fa
         tuned[grid_of](*args, **meta)
 
 
+def bwd_delta(o, do):
+    """delta = rowsum(dO * O), (B, Hq, Nq) float32, by the preprocess kernel."""
+    B, n_q, n_heads, head_dim = o.shape
+    delta = torch.empty((B, n_heads, n_q), device=o.device, dtype=torch.float32)
+    pre_block = 64
+    _bwd_preprocess[(triton.cdiv(n_q, pre_block), B * n_heads)](
+        o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2),
+        n_q, n_heads, HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_M=pre_block)
+    return delta
+
+
 def backward_kernel() -> str:
     """HWATTN_BWD_KERNEL: "portable" (default: this file's Triton kernels, in the HWATTN_BWD schedule), "gluon"
     (the one-launch Gluon Hopper backward of `hopper_bwd.py`, FA3's five-matmul schedule, wherever it applies:
@@ -788,12 +799,8 @@ def flash_bwd(do, q, k, v, o, lse, causal: bool, softmax_scale: float, block_mas
     sizes = (n_q, n_k, n_heads, n_kv_heads, n_heads // n_kv_heads, qk_scale, softmax_scale, bucket)
     schedule = backward_schedule(causal, block_mask, mods, head_dim=head_dim)
     # delta = rowsum(dO * O), (B, Hq, Nq) fp32: the split schedule's dQ programs write it, the others read it
-    delta = torch.empty((B, n_heads, n_q), device=q.device, dtype=torch.float32)
-    if schedule != "split":
-        pre_block = 64
-        _bwd_preprocess[(triton.cdiv(n_q, pre_block), B * n_heads)](
-            o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2),
-            n_q, n_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_block)
+    delta = torch.empty((B, n_heads, n_q), device=q.device, dtype=torch.float32) if schedule == "split" else \
+        bwd_delta(o, do)
     if schedule == "fused":
         args = (q, k, v, do, lse, delta, dq, dk, dv, *common, dq.stride(0), dq.stride(1), dq.stride(2),
                 dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), *sizes,

@@ -357,14 +357,17 @@ def _capability(device) -> tuple[int, int]:
 @functools.lru_cache(maxsize=None)
 def _smem_layout(rows: int, cols: int, dtype: torch.dtype):
     # cached: building it costs ~6 us of Python a call, four times a launch, and short sequences are host-bound
-    return gl.NVMMASharedLayout.get_default_for([1, rows, cols], getattr(gl, _GL_DTYPE[dtype]))
+    element = gl.float32 if dtype == torch.float32 else getattr(gl, _GL_DTYPE[dtype])  # fp32: the backward's dQ
+    return gl.NVMMASharedLayout.get_default_for([1, rows, cols], element)
 
 
-def _descriptor(x, rows):
-    """(B, N, H, D) with (H, D) contiguous, as (B, N, H * D): tiles of `rows` tokens of one head."""
+def _descriptor(x, rows, cols=None):
+    """(B, N, H, D) with (H, D) contiguous, as (B, N, H * D): tiles of `rows` tokens of one head (of `cols`
+    columns of it: default the whole head_dim)."""
     B, n, heads, head_dim = x.shape
-    return TensorDescriptor(x, [B, n, heads * head_dim], [x.stride(0), x.stride(1), 1], [1, rows, head_dim],
-                            _smem_layout(rows, head_dim, x.dtype))
+    cols = cols or head_dim
+    return TensorDescriptor(x, [B, n, heads * head_dim], [x.stride(0), x.stride(1), 1], [1, rows, cols],
+                            _smem_layout(rows, cols, x.dtype))
 
 
 def _seqlen_major_descriptor(v, cols):

@@ -24,12 +24,11 @@ run Gluon; the CPU checks compile it for sm_90 (`compile_sm90`, tests/ops/test_f
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 
 from . import hopper
+from .backward import bwd_delta
 from .common import LOG2E
 
 if hopper.HAVE_GLUON:
@@ -66,6 +65,34 @@ if hopper.HAVE_GLUON:
         triton 3.9 calls it tma.async_atomic_add; 3.6 has the op but no Python wrapper."""
         coord = _semantic._convert_to_ir_values(coord, require_i64=False)
         _semantic.builder.create_async_tma_reduce(_ir.DESCRIPTOR_REDUCE_KIND.ADD, tensor_desc.handle, coord, src.handle)
+
+    @gluon.jit
+    def _key_program(n_q, n_k, n_kv_heads, SPLIT: gl.constexpr, BLOCK: gl.constexpr, CAUSAL: gl.constexpr):
+        """This program's 2 x SPLIT keys (from n0) of batch b, kv head hk, and its query blocks: it walks
+        [first_block, n_q_blocks), the blocks before `mid` straddling the causal diagonal (query i sees key j
+        iff j <= i + Nk - Nq: blocks before first_block see none of these keys, blocks from mid on all)."""
+        n0 = gl.program_id(0) * (2 * SPLIT)   # causal: key block 0 sees the most queries and launches first
+        bh = gl.program_id(1)
+        n_q_blocks = gl.cdiv(n_q, BLOCK)
+        first_block = 0
+        first_full = 0
+        if CAUSAL:
+            first_block = gl.maximum(n0 - (n_k - n_q), 0) // BLOCK
+            first_full = gl.cdiv(gl.maximum(n0 + 2 * SPLIT - 1 - (n_k - n_q), 0), BLOCK)
+        mid = gl.minimum(gl.maximum(first_full, first_block), n_q_blocks)
+        return n0, bh // n_kv_heads, bh % n_kv_heads, n_q_blocks, first_block, mid
+
+    @gluon.jit
+    def _store_dkdv(dk, dv, dk_ptr, dv_ptr, stride_b, stride_n, b, hk, n0, n_k, softmax_scale, WG: gl.constexpr):
+        """This warpgroup's dK (scaled) and dV rows, keys past Nk dropped."""
+        split_n: gl.constexpr = dk.type.shape[0]
+        head_dim: gl.constexpr = dk.type.shape[1]
+        key_rows = n0 + WG * split_n + gl.arange(0, split_n, layout=gl.SliceLayout(1, dk.type.layout))
+        offs_d = gl.arange(0, head_dim, layout=gl.SliceLayout(0, dk.type.layout))
+        offs = b.to(gl.int64) * stride_b + key_rows.to(gl.int64)[:, None] * stride_n + hk * head_dim + offs_d[None, :]
+        ok = (key_rows < n_k)[:, None]
+        gl.store(dk_ptr + offs, (dk * softmax_scale).to(dk_ptr.dtype.element_ty), mask=ok)
+        gl.store(dv_ptr + offs, dv.to(dv_ptr.dtype.element_ty), mask=ok)
 
     @gluon.jit
     def _load_partition(q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, qdo_ready,
@@ -151,12 +178,11 @@ if hopper.HAVE_GLUON:
     @gluon.jit
     def _consumer_partition(WG: gl.constexpr, shared, CAUSAL: gl.constexpr, STAGES: gl.constexpr):
         (q_smem, do_smem, k_smem, v_smem, p_smem, ds_smem, dq_smem, kv_bar, qdo_ready, qdo_free, ds_ready, ds_free,
-         dk_ptr, dv_ptr, dq_desc, stride_b, stride_n, lse_ptr, delta_ptr, b, hk, n0, group, first_block, first_full,
+         dk_ptr, dv_ptr, dq_desc, stride_b, stride_n, lse_ptr, delta_ptr, b, hk, n0, group, first_block, mid,
          n_q_blocks, n_q, n_k, n_heads, qk_scale, softmax_scale) = shared
         split_n: gl.constexpr = k_smem.type.shape[2]
         head_dim: gl.constexpr = k_smem.type.shape[3]
         block_m: gl.constexpr = q_smem.type.shape[2]
-        dtype: gl.constexpr = q_smem.dtype
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, split_n, 16])
         kv_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -173,12 +199,11 @@ if hopper.HAVE_GLUON:
         mbarrier.wait(kv_bar.index(1), 0)   # dQ reads both halves of K
         k = k_smem.index(WG).reshape([split_n, head_dim])
         v = v_smem.index(WG).reshape([split_n, head_dim])
-        mid = gl.minimum(gl.maximum(first_full, first_block), n_q_blocks)
         count = 0
         for hg in range(group):
             h = hk * group + hg
             row_base = (b * n_heads + h).to(gl.int64) * n_q
-            # one loop, the diagonal blocks (i < mid) first: two specialised loops spilled 340 B causal, this 188
+            # one loop, the diagonal blocks (i < mid) first: two specialised loops spilled 340 B causal, this ~190
             for i in range(first_block, n_q_blocks):
                 dk, dv = _block_step(dk, dv, k, v, k_smem, q_smem, do_smem, p_smem, ds_smem, dq_smem, qdo_ready,
                                      qdo_free, ds_ready, ds_free, dq_desc, b, h, keys, offs_m, zero_s, zero_dq,
@@ -186,12 +211,7 @@ if hopper.HAVE_GLUON:
                                      WG, CAUSAL, STAGES)
                 count += 1
         tma.store_wait(0)
-        key_rows = n0 + WG * split_n + gl.arange(0, split_n, layout=gl.SliceLayout(1, kv_layout))
-        offs_d = gl.arange(0, head_dim, layout=gl.SliceLayout(0, kv_layout))
-        offs = b.to(gl.int64) * stride_b + key_rows.to(gl.int64)[:, None] * stride_n + hk * head_dim + offs_d[None, :]
-        ok = (key_rows < n_k)[:, None]
-        gl.store(dk_ptr + offs, (dk * softmax_scale).to(dtype), mask=ok)
-        gl.store(dv_ptr + offs, dv.to(dtype), mask=ok)
+        _store_dkdv(dk, dv, dk_ptr, dv_ptr, stride_b, stride_n, b, hk, n0, n_k, softmax_scale, WG)
 
     @gluon.jit
     def _bwd_kernel(q_desc, do_desc, k_desc, v_desc, dq_desc, dk_ptr, dv_ptr, stride_b, stride_n, lse_ptr, delta_ptr,
@@ -199,16 +219,7 @@ if hopper.HAVE_GLUON:
                     STAGES: gl.constexpr):
         split_n: gl.constexpr = k_desc.block_type.shape[1]
         block_m: gl.constexpr = q_desc.block_type.shape[1]
-        n0 = gl.program_id(0) * (2 * split_n)
-        bh = gl.program_id(1)
-        b = bh // n_kv_heads
-        hk = bh % n_kv_heads
-        n_q_blocks = gl.cdiv(n_q, block_m)
-        first_block = 0
-        first_full = 0
-        if CAUSAL:
-            first_block = gl.maximum(n0 - (n_k - n_q), 0) // block_m
-            first_full = gl.cdiv(gl.maximum(n0 + 2 * split_n - 1 - (n_k - n_q), 0), block_m)
+        n0, b, hk, n_q_blocks, first_block, mid = _key_program(n_q, n_k, n_kv_heads, split_n, block_m, CAUSAL)
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
         do_smem = gl.allocate_shared_memory(do_desc.dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [2] + k_desc.block_type.shape, k_desc.layout)
@@ -231,36 +242,13 @@ if hopper.HAVE_GLUON:
             mbarrier.init(qdo_free.index(i), count=2)
         shared = (q_smem, do_smem, k_smem, v_smem, p_smem, ds_smem, dq_smem, kv_bar, qdo_ready, qdo_free, ds_ready,
                   ds_free, dk_ptr, dv_ptr, dq_desc, stride_b, stride_n, lse_ptr, delta_ptr, b, hk, n0, group,
-                  first_block, first_full, n_q_blocks, n_q, n_k, n_heads, qk_scale, softmax_scale)
+                  first_block, mid, n_q_blocks, n_q, n_k, n_heads, qk_scale, softmax_scale)
         gl.warp_specialize([
             (_consumer_partition, (0, shared, CAUSAL, STAGES)),
             (_consumer_partition, (1, shared, CAUSAL, STAGES)),
             (_load_partition, (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, qdo_ready,
                                qdo_free, b, hk, n0, group, first_block, n_q_blocks, STAGES)),
         ], [4, 1], [240, 24])
-
-
-def _delta(o, do):
-    """rowsum(dO * O) (B, H, Nq) float32, by the portable backward's preprocess kernel."""
-    from .backward import _bwd_preprocess  # noqa: PLC0415 - backward imports this module
-    B, n_q, n_heads, head_dim = o.shape
-    delta = torch.empty((B, n_heads, n_q), device=o.device, dtype=torch.float32)
-    _bwd_preprocess[(triton.cdiv(n_q, 64), B * n_heads)](
-        o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2),
-        n_q, n_heads, HEAD_DIM=head_dim, BLOCK_D=head_dim, BLOCK_M=64)
-    return delta
-
-
-def _dq_descriptor(dq_acc):
-    """The float32 dQ (B, N, H, D) as (B, N, H * D), tiles of 64 rows and half a head (one warpgroup's dQ)."""
-    B, n, heads, head_dim = dq_acc.shape
-    return TensorDescriptor(dq_acc, [B, n, heads * head_dim], [dq_acc.stride(0), dq_acc.stride(1), 1],
-                            [1, BLOCK_M, head_dim // 2], _dq_layout(head_dim))
-
-
-@functools.lru_cache(maxsize=None)
-def _dq_layout(head_dim: int):
-    return gl.NVMMASharedLayout.get_default_for([1, BLOCK_M, head_dim // 2], gl.float32)
 
 
 def hopper_bwd(do, q, k, v, o, lse2, causal: bool, softmax_scale: float, n_stages: int | None = None):
@@ -270,14 +258,15 @@ def hopper_bwd(do, q, k, v, o, lse2, causal: bool, softmax_scale: float, n_stage
     (experiments; default `stages(D)`)."""
     B, n_q, n_heads, head_dim = q.shape
     n_k, n_kv_heads = k.shape[1], k.shape[2]
-    delta = _delta(o, do)
+    delta = bwd_delta(o, do)
+    # float32, zeroed: the programs' TMA reduce-adds land here, tiles of 64 rows and half a head (a warpgroup's)
     dq_acc = torch.zeros((B, n_q, n_heads, head_dim), device=q.device, dtype=torch.float32)
     dk = torch.empty((B, n_k, n_kv_heads, head_dim), device=q.device, dtype=q.dtype)
     dv = torch.empty_like(dk)
     d = hopper._descriptor
     n_stages = n_stages or stages(head_dim)
     _bwd_kernel[(triton.cdiv(n_k, 2 * SPLIT_N), B * n_kv_heads)](
-        d(q, BLOCK_M), d(do, BLOCK_M), d(k, SPLIT_N), d(v, SPLIT_N), _dq_descriptor(dq_acc), dk, dv,
+        d(q, BLOCK_M), d(do, BLOCK_M), d(k, SPLIT_N), d(v, SPLIT_N), d(dq_acc, BLOCK_M, head_dim // 2), dk, dv,
         dk.stride(0), dk.stride(1), lse2, delta, n_q, n_k, n_heads, n_kv_heads, n_heads // n_kv_heads,
         softmax_scale * LOG2E, softmax_scale, CAUSAL=causal, STAGES=n_stages, num_warps=4, maxnreg=168)
     return dq_acc.to(q.dtype), dk, dv
@@ -295,6 +284,6 @@ def compile_sm90(head_dim: int = 128, causal: bool = False, dtype: torch.dtype =
     kv = torch.empty(1, 1024, 4, head_dim, dtype=dtype)
     d = hopper._descriptor
     values = [d(x, BLOCK_M), d(x, BLOCK_M), d(kv, SPLIT_N), d(kv, SPLIT_N),
-              _dq_descriptor(torch.empty(1, 1024, 4 * group, head_dim)), kv, kv, kv.stride(0), kv.stride(1),
+              d(torch.empty(1, 1024, 4 * group, head_dim), BLOCK_M, head_dim // 2), kv, kv, kv.stride(0), kv.stride(1),
               torch.empty(1), torch.empty(1), 1024, 1024, 4 * group, 4, group, 0.1, 0.1]
     return hopper.compile_gluon_sm90(_bwd_kernel, values, dict(CAUSAL=causal, STAGES=stages(head_dim)), maxnreg=168)
